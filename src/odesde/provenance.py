@@ -1,0 +1,126 @@
+"""Where a result came from: commit, package versions, hashes; and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+#: The packages whose versions are recorded beside every figure.
+RECORDED_PACKAGES = (
+    "odesde", "jax", "jaxlib", "numpy", "scipy", "numpyro", "equinox", "diffrax", "optax",
+    "pot", "matplotlib", "papermill", "jupyter-book",
+)
+
+
+def find_root(start: Path | None = None) -> Path | None:
+    """The book's root: the nearest folder at or above ``start`` holding ``_config.yml``."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_config.yml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return None
+
+
+def git_commit(root: Path | None = None) -> str:
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    cwd = root or find_root() or Path.cwd()
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def package_versions(names=RECORDED_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (``"not installed"`` for a missing one)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def environment_fingerprint() -> str:
+    """sha256 of every installed distribution's name and version: the resolved environment."""
+    pairs = sorted(
+        f"{dist.metadata['Name']}=={dist.version}".lower()
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    )
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 of the files under ``folder`` (paths and contents), ignoring byte-code caches."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if "__pycache__" in relative.parts or path.suffix == ".pyc":
+            continue
+        digest.update(relative.as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def data_sha256(data: Any) -> str | None:
+    """sha256 of the arrays behind a figure: an array, or a (nested) dict / list of them.
+
+    Arrays are hashed with their dtype and shape, so equal numbers give equal hashes across
+    runs and machines.
+    """
+    if data is None:
+        return None
+    digest = hashlib.sha256()
+
+    def feed(obj, path="") -> None:
+        if isinstance(obj, dict):
+            for key in sorted(obj):
+                feed(obj[key], f"{path}/{key}")
+        elif isinstance(obj, (list, tuple)) and not all(np.isscalar(v) for v in obj):
+            for index, item in enumerate(obj):
+                feed(item, f"{path}/{index}")
+        else:
+            array = np.ascontiguousarray(np.asarray(obj))
+            digest.update(f"{path}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.tobytes())
+
+    feed(data)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` that replaces it only if the block completes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(target: Path, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
