@@ -1,0 +1,99 @@
+"""Published values: the targets that the book's checks compare against, never its results.
+
+Each value is transcribed from the paper digests in ``shared/papers/`` and carries the
+tolerance the digest states. Notebooks and tests read them from here, so a target is written
+once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# --- Pierret & Galerne (arXiv:2405.14250 v4), the pre-ICML CIFAR-10 table ---------------------
+# 2024 spectrum, N = grid points, cells "p_T / N(0, I)"; the first column is the continuous
+# solution (exact SDE for EM/EI, exact ODE for Euler/Heun). Digest Sec. 5.
+_PIERRET_GALERNE_V4 = """
+em    0     | 0 / 6.7E-4       | 4.77 / 4.77 | 0.65 / 0.65 | 0.31 / 0.31 | 0.15 / 0.16
+em    1e-5  | 2.5E-3 / 2.6E-3  | 4.77 / 4.77 | 0.65 / 0.65 | 0.31 / 0.31 | 0.16 / 0.16
+em    1e-3  | 0.17 / 0.17      | 4.67 / 4.67 | 0.69 / 0.69 | 0.39 / 0.39 | 0.27 / 0.27
+em    1e-2  | 1.35 / 1.35      | 4.56 / 4.56 | 1.69 / 1.69 | 1.50 / 1.50 | 1.42 / 1.42
+ei    0     | 0 / 6.7E-4       | 2.81 / 2.81 | 0.57 / 0.57 | 0.30 / 0.30 | 0.16 / 0.16
+ei    1e-5  | 2.5E-3 / 2.6E-3  | 2.81 / 2.81 | 0.57 / 0.57 | 0.30 / 0.30 | 0.16 / 0.16
+ei    1e-3  | 0.17 / 0.17      | 2.91 / 2.91 | 0.66 / 0.66 | 0.41 / 0.41 | 0.28 / 0.28
+ei    1e-2  | 1.35 / 1.35      | 3.93 / 3.93 | 1.76 / 1.76 | 1.55 / 1.55 | 1.45 / 1.45
+euler 0     | 0 / 0.07         | 1.72 / 1.78 | 0.38 / 0.44 | 0.19 / 0.26 | 0.10 / 0.17
+euler 1e-5  | 2.5E-3 / 0.07    | 1.72 / 1.78 | 0.38 / 0.44 | 0.20 / 0.26 | 0.10 / 0.17
+euler 1e-3  | 0.17 / 0.19      | 1.72 / 1.78 | 0.42 / 0.48 | 0.27 / 0.32 | 0.21 / 0.25
+euler 1e-2  | 1.35 / 1.36      | 2.21 / 2.25 | 1.41 / 1.43 | 1.37 / 1.38 | 1.36 / 1.37
+heun  0     | 0 / 0.07         | 7.09 / 7.09 | 0.72 / 0.73 | 0.21 / 0.22 | 0.05 / 0.09
+heun  1e-5  | 2.5E-3 / 0.07    | 6.48 / 6.48 | 0.64 / 0.65 | 0.18 / 0.20 | 0.05 / 0.09
+heun  1e-3  | 0.17 / 0.19      | 0.56 / 0.57 | 0.13 / 0.15 | 0.16 / 0.18 | 0.17 / 0.19
+heun  1e-2  | 1.35 / 1.36      | 1.37 / 1.38 | 1.35 / 1.36 | 1.35 / 1.36 | 1.35 / 1.36
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedTable:
+    """A printed table of ``W2(output, p_0)``: ``cells[(scheme, eps)][column] = (p_T, N_0)``.
+
+    Column 0 is the continuous solution, then one column per entry of ``n_points``. Cells are
+    the printed strings (``"0"``, ``"6.7E-4"``, ``"0.65"``); a printed value is matched when
+    the computed one rounds to it, i.e. within half a unit of its last printed digit.
+    """
+
+    source: str
+    spectrum: str
+    schemes: tuple[str, ...]
+    eps: tuple[float, ...]
+    n_points: tuple[int, ...]
+    cells: dict
+
+    def printed(self, scheme: str, eps: float, column: int, start: str) -> str:
+        return self.cells[(scheme, eps)][column][("pT", "normal").index(start)]
+
+
+def _parse(text: str) -> dict:
+    cells = {}
+    for line in text.strip().splitlines():
+        head, *columns = (part.strip() for part in line.split("|"))
+        scheme, eps = head.split()
+        cells[(scheme, float(eps))] = [tuple(c.strip() for c in col.split("/")) for col in columns]
+    return cells
+
+
+PIERRET_GALERNE_V4 = PublishedTable(
+    source="Pierret & Galerne, arXiv:2405.14250 v4, CIFAR-10 table (digest Sec. 5)",
+    spectrum="cifar10-2024",
+    schemes=("em", "ei", "euler", "heun"),
+    eps=(0.0, 1e-5, 1e-3, 1e-2),
+    n_points=(50, 250, 500, 1000),
+    cells=_parse(_PIERRET_GALERNE_V4),
+)
+
+#: Float64 anchors of the digest (2024 spectrum, N(0, I) start, eps = 0, N = 1000 grid points);
+#: each is matched to half a unit of its last printed digit.
+PIERRET_GALERNE_ANCHORS = {
+    "em": "0.155139",
+    "ei": "0.155353",
+    "euler": "0.165959",
+    "heun": "0.0904636",
+    "sde": "6.679e-4",
+    "ode": "0.07296",
+    "initialisation": "5.467e-3",
+}
+
+
+def half_unit(printed: str) -> float:
+    """Half a unit of the last printed digit: ``"0.65"`` -> 0.005, ``"6.7E-4"`` -> 5e-6."""
+    mantissa, _, exponent = printed.lower().partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (-decimals + (int(exponent) if exponent else 0))
+
+
+def matches_printed(value: float, printed: str) -> bool:
+    """Whether ``value`` is within half a unit of the last digit of ``printed`` (``"-"`` = inf)."""
+    if printed == "-":
+        return value == float("inf")
+    if printed == "0":  # the paper prints 0 only for an exact zero
+        return abs(value) <= 1e-12
+    return abs(value - float(printed)) <= half_unit(printed) * (1 + 1e-9)
