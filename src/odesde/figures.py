@@ -143,3 +143,14 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict]:
     """The manifest of a figures folder (empty when there is none)."""
     path = Path(folder or figures_dir()) / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (the book renders notebook Markdown output as MyST)."""
+
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -277,7 +277,8 @@ def _publish(project: Project, name: str, entry: Path) -> None:
             for suffix in (".png", ".pdf", ".svg"):
                 (project.figures_dir / f"{fig_name}{suffix}").unlink(missing_ok=True)
             del manifest[fig_name]
-    for path in sorted((entry / "figures").glob("fig-*.*")):
+    (project.figures_dir / f"checks-{name}.json").unlink(missing_ok=True)
+    for path in sorted((entry / "figures").glob("fig-*.*")) + sorted((entry / "figures").glob("checks-*.json")):
         with provenance.atomic_path(project.figures_dir / path.name) as tmp:
             shutil.copyfile(path, tmp)
     manifest.update(new)

@@ -352,6 +352,34 @@ def adsn_spectrum(image: UInt8[np.ndarray, "m m 3"]) -> Float[np.ndarray, " d"]:
 # Synthetic
 
 
+def synthetic_texture(size: int = 64, *, seed: int = 0) -> UInt8[np.ndarray, "m m 3"]:
+    """A deterministic RGB texture for running the ADSN construction without ``fabric.png``.
+
+    Gaussian random-phase noise: white noise of one random field filtered by an anisotropic
+    Gaussian in Fourier, mixed into three channels and quantised to ``uint8`` (the same kind
+    of image, a stationary Gaussian texture, that ADSN models).
+
+    Args:
+        size: side ``M`` of the square image, at least 8.
+        seed: seed of the noise (``numpy.random.default_rng``).
+
+    Returns:
+        uint8 array ``(size, size, 3)``.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"size={size!r} must be an integer >= 8")
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(size)[:, None]
+    l = np.fft.fftfreq(size)[None, :]
+    spectrum = np.exp(-((k / 0.08) ** 2 + (l / 0.03) ** 2)) + 0.5 * np.exp(-(((k - 0.2) / 0.02) ** 2 + (l / 0.05) ** 2))
+    field = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size))) * spectrum))
+    field = (field - field.mean()) / field.std()
+    colours = np.array([[0.55, 0.35, 0.25], [0.45, 0.40, 0.30], [0.30, 0.35, 0.40]])
+    image = 128 + 40 * (field[..., None] * colours.sum(axis=0) / colours.sum(axis=0).max())
+    image = image + rng.normal(0.0, 4.0, (size, size, 3))
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
 def power_law(
     d: int, *, exponent: float, largest: float = 1.0, n_zeros: int = 0
 ) -> Float[np.ndarray, " d"]:
@@ -393,4 +421,5 @@ __all__ = [
     "covariance_spectrum",
     "load",
     "power_law",
+    "synthetic_texture",
 ]
