@@ -35,9 +35,13 @@ record = figures.save(fig, "fig-alpha-points", data={"x": x})
 """
 
 ALPHA_CHECKS = """\
+from odesde.checks import Checks
+
 if fail:
     raise RuntimeError("the check failed on purpose")
-assert record["notebook"] == "alpha"
+checks = Checks()
+checks.true("the figure names its notebook", record["notebook"] == "alpha", paper="alpha", book=record["notebook"])
+checks.assert_all()
 """
 
 BETA_PARAMETERS = """\
@@ -72,7 +76,9 @@ def make_project(root: Path, *, with_package: bool = True) -> Path:
         """),
         ALPHA_CHECKS,
     )
-    beta = _notebook("Beta", BETA_PARAMETERS, "total = sum(range(steps))\nprint(total)")
+    beta = _notebook("Beta", BETA_PARAMETERS, "total = sum(range(steps))\nprint(total)",
+                     "from odesde.checks import Checks\nchecks = Checks()\n"
+                     "checks.close('the sum of range', total, steps * (steps - 1) / 2)\nchecks.assert_all()")
     nbformat.write(alpha, root / "notebooks" / "alpha.ipynb")
     nbformat.write(beta, root / "notebooks" / "beta.ipynb")
     profiles = {
@@ -89,6 +95,7 @@ def make_project(root: Path, *, with_package: bool = True) -> Path:
         chapters:
           - file: notebooks/alpha
           - file: notebooks/beta
+          - file: book/results
           - file: book/figures
         """))
     (root / "book" / "intro.md").write_text(

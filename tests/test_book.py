@@ -134,11 +134,21 @@ def browser():
 
 
 def _wait_for_mathjax(driver):
-    driver.execute_async_script(
+    # MathJax loads deferred: wait for it to start, then for its first typesetting pass.
+    driver.set_script_timeout(60)
+    return driver.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
-        if (!window.MathJax || !MathJax.startup) { done(false); return; }
-        MathJax.startup.promise.then(() => done(true)).catch(() => done(false));
+        const started = Date.now();
+        (function poll() {
+          if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+            MathJax.startup.promise.then(() => done(true)).catch(() => done(false));
+          } else if (Date.now() - started > 30000) {
+            done(false);
+          } else {
+            setTimeout(poll, 50);
+          }
+        })();
         """
     )
 

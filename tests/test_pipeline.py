@@ -95,7 +95,7 @@ def test_failing_notebook_is_named_kept_and_isolated(project):
     completed = cli(project, "run", "--profile", "smoke", "-p", "fail=true", "--keep-going")
     assert completed.returncode == 1
     assert "error: notebook 'alpha' failed: RuntimeError in cell" in completed.stderr
-    assert "(`if fail:`)" in completed.stderr
+    assert "(`from odesde.checks import Checks`)" in completed.stderr
     assert "the check failed on purpose" in completed.stderr
     failed = project.executed_dir / "alpha.failed.ipynb"
     assert str(failed) in completed.stderr
@@ -319,3 +319,6 @@ def test_fixture_book_builds_strictly_with_numbered_citable_figures(project):
     for ext in ("png", "pdf", "svg", "json"):
         assert list((index.parent / "_downloads").rglob(f"fig-alpha-points.{ext}")), ext
     assert (index.parent / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    results = re.sub(r"<[^>]+>", "", (index.parent / "book" / "results.html").read_text())
+    assert "the figure names its notebook" in results and "trend reproduced" in results
+    assert "the sum of range" in results and "agrees" in results

@@ -17,7 +17,8 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
         if key not in seen:
             seen.add(key)
             unique.append(script)
-    context["script_files"] = unique
+    # In place: the list is the builder's, and later handlers (MathJax's) append to it.
+    scripts[:] = unique
 
 
 def setup(app):

@@ -153,6 +153,44 @@ def figure_index(project: Project, base_url: str) -> str:
     return "\n".join(lines)
 
 
+_STATUS = {
+    ("matched", True): "matched",
+    ("agreement", True): "agrees",
+    ("inequality", True): "holds",
+    ("trend", True): "trend reproduced",
+}
+
+
+def results_overview(project: Project, notebooks: list[str]) -> str:
+    """The results overview page, generated from the checks each notebook recorded."""
+    lines = [
+        "(results-overview)=",
+        "# Results overview",
+        "",
+        "Every reproduced number, inequality and trend of the book, with the paper's value and",
+        "the book's, generated from the checks that end each chapter (`odesde.checks`) in the",
+        "run that built this book. A check that does not hold fails its notebook, so a built",
+        "book lists only checks that held; the *status* says of what kind each is.",
+        "",
+    ]
+    for name in notebooks:
+        path = project.figures_dir / f"checks-{name}.json"
+        if not path.is_file():
+            raise PipelineError(f"notebook {name!r} recorded no checks ({path}): its last cell must "
+                                "call checks.assert_all()")
+        record = json.loads(path.read_text())
+        nb = nbformat.read(project.executed_dir / f"{name}.ipynb", as_version=4)
+        lines += [f"## {notebook_title(nb, name)}", "",
+                  f"From {{doc}}`../notebooks/{name}`, profile `{record.get('profile')}`.", "",
+                  "| claim | paper | book | tolerance | status |", "|---|---|---|---|---|"]
+        for check in record["checks"]:
+            status = _STATUS.get((check["kind"], check["passed"]), "differs" if not check["passed"] else "holds")
+            cells = [check["claim"], check["paper"], check["book"], check["tolerance"], status]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def run_table(project: Project, notebooks: list[str]) -> str:
     """Markdown table of the executed notebooks: profile, seconds, commit, cache key."""
     rows = ["| notebook | profile | seconds | git commit | cache key |", "|---|---|---|---|---|"]
@@ -216,6 +254,8 @@ def assemble(project: Project) -> Path:
                 shutil.copyfile(project.figures_dir / f"{name}.{ext}", source / "figures" / f"{name}.{ext}")
             (source / "figures" / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
         (source / "book" / "figures.md").write_text(figure_index(project, base_url))
+    if "book/results" in toc_files(project):
+        (source / "book" / "results.md").write_text(results_overview(project, notebooks))
     generated = source / "book" / "_generated"
     generated.mkdir(exist_ok=True)
     (generated / "runs.md").write_text(run_table(project, notebooks))

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget state in executed notebooks
 
 from .fp_grid import Grid, VectorField, push_particles, solve_fp
 from .sde import SDE

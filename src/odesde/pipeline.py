@@ -308,7 +308,7 @@ def run(
     progress: bool = True,
 ) -> list[Result]:
     """Executes the selected notebooks (see the module docstring); returns one result each."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if jobs < 1:
         raise PipelineError(f"--jobs {jobs}: must be at least 1")

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: no widget state in executed notebooks
 
 from . import fokker_planck as fp
 from .sde import OUSDE, SDE
