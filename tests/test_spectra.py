@@ -226,3 +226,18 @@ def test_power_law():
         spectra.power_law(10, exponent=1.0, n_zeros=10)
     with pytest.raises(ValueError, match="d=0"):
         spectra.power_law(0, exponent=1.0)
+
+
+def test_synthetic_texture_is_deterministic_and_gives_an_adsn_spectrum():
+    image = spectra.synthetic_texture(32, seed=3)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert np.array_equal(image, spectra.synthetic_texture(32, seed=3))
+    assert not np.array_equal(image, spectra.synthetic_texture(32, seed=4))
+    lam = spectra.adsn_spectrum(image)
+    assert lam.size == 3 * 32 * 32 and np.sum(lam == 0) >= 2 * 32 * 32
+    # Parseval: the trace is the energy of the periodic component of the centred image.
+    u = np.moveaxis(image / 255.0, -1, 0)
+    periodic = np.real(np.fft.ifft2(spectra.periodic_component_fft(u - u.mean(axis=(1, 2), keepdims=True))))
+    assert np.sum(lam) == pytest.approx(np.sum(periodic**2), rel=1e-12)
+    with pytest.raises(ValueError, match="size=4 must be an integer >= 8"):
+        spectra.synthetic_texture(4)
