@@ -276,7 +276,9 @@ def build(project: Project, *, quiet: bool = False) -> Path:
     ]
     completed = subprocess.run(command, capture_output=True, text=True)
     if not quiet:
-        print(completed.stdout[-4000:])
+        # Jupyter Book's own banner names its working folder, not _build/html: keep its log only.
+        print("\n".join(line for line in completed.stdout.splitlines()[-12:]
+                        if "build succeeded" in line or "warning" in line.lower()))
     if completed.returncode != 0:
         raise PipelineError(
             f"jupyter-book build failed (exit {completed.returncode}); warnings are errors:\n"
