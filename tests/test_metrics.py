@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from odesde import metrics, targets
+from odesde import metrics, published_deveney, targets
+from odesde.published import matches_printed
 from odesde.sde import VPSDE
 
 # Deveney et al. digest, Sec. 7: ODE-SDE W2^2 on the released histograms, 3.5 grid.
-DEVENEY_ODE_SDE = {
-    ("blob", "0.0"): 0.011599, ("blob", "0.1"): 0.003107, ("blob", "1.0"): 0.002901,
-    ("blob", "10.0"): 0.002208, ("circles2", "0.0"): 0.013401, ("circles2", "0.1"): 0.005283,
-    ("circles2", "1.0"): 0.003090, ("circles2", "10.0"): 0.001704,
-    ("checker", "0.0"): 0.027196, ("checker", "0.1"): 0.007160, ("checker", "1.0"): 0.003528,
-    ("checker", "10.0"): 0.002104,
-}
+DEVENEY_ODE_SDE = published_deveney.ODE_SDE_W2
 
 
 def load_pair(folder, name, weight):
@@ -38,13 +33,13 @@ TABLE_CASES = [
 @pytest.mark.parametrize(("item", "expected"), TABLE_CASES)
 def test_grid_w2_reproduces_the_published_ode_sde_table(published_data, item, expected):
     p, q = load_pair(published_data / "deveney", *item)
-    assert round(metrics.grid_w2_squared(p, q), 6) == pytest.approx(expected, abs=1e-12)
+    assert matches_printed(metrics.grid_w2_squared(p, q), expected)
 
 
 def test_grid_w2_half_width_4_convention_scales_by_the_square_ratio(published_data):
     p, q = load_pair(published_data / "deveney", "checker", "0.0")
-    # 0.035521 in the digest: the table script's 4.0 cost grid.
-    assert round(metrics.grid_w2_squared(p, q, half_width=4.0), 6) == 0.035521
+    # The table script's 4.0 cost grid.
+    assert matches_printed(metrics.grid_w2_squared(p, q, half_width=4.0), published_deveney.CHECKER_0_GRID_4)
 
 
 def test_grid_w2_on_point_masses_and_translations():

@@ -72,6 +72,7 @@ def test_bad_values_name_notebook_parameter_value_and_allowed(declared, override
         ("x: dict = {}\n", "type 'dict' is not supported"),
         ("x: int = 5  # [0, 3]\n", "parameter 'x': bad value 5"),
         ("x: int = len('ab')\n", "the default of 'x' must be a literal"),
+        ("x: int = 1  # [0, 3] with y = 2\n", "the comment of 'x' contains '='"),
     ],
 )
 def test_bad_declarations_are_reported(cell, message):

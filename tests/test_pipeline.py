@@ -156,6 +156,17 @@ def test_cache_key_changes_with_environment(project, monkeypatch):
     assert pipeline.plan(project, "smoke")[0].key != key
 
 
+def test_cache_key_changes_with_the_data_in_sight(project, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("ODESDE_DATA", str(data))
+    key = pipeline.plan(project, "smoke")[0].key
+    (data / "spectrum.npy").write_bytes(b"0123")
+    assert pipeline.plan(project, "smoke")[0].key != key
+    monkeypatch.delenv("ODESDE_DATA")
+    assert pipeline.plan(project, "smoke")[0].key != key
+
+
 def test_cache_hit_restores_the_profile_figures(project):
     pipeline.run(project, "smoke", only=["alpha"], progress=False)
     smoke_png = (project.figures_dir / "fig-alpha-points.png").read_bytes()

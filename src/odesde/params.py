@@ -160,6 +160,9 @@ def parse_parameters_cell(source: str, *, notebook: str) -> dict[str, Parameter]
             raise ParameterError(f"{where}: the default of {name!r} must be a literal") from None
         spec = dict(name=name, type=kind, default=default)
         comment = comments.get(node.end_lineno, "")
+        if "=" in comment:
+            # Papermill reads `name = value` lines of this cell and would misread the comment.
+            raise ParameterError(f"{where}: the comment of {name!r} contains '=': rephrase it")
         if comment.startswith("{"):
             end = comment.index("}") + 1
             spec["choices"] = tuple(sorted(ast.literal_eval(comment[:end]), key=str))

@@ -2,7 +2,8 @@
 
 A run validates every selected notebook's parameters first, and only then executes. Each
 notebook's result is cached under the sha256 of (its code cells, its parameters, the profile,
-the ``odesde`` source tree, the installed distributions); a hit re-publishes the cached
+the ``odesde`` source tree, the installed distributions, the reference data files in sight);
+a hit re-publishes the cached
 executed notebook and its figures instead of executing. Entries are built in a temporary
 folder and renamed into place, so an interrupted run never leaves a half entry.
 """
@@ -177,10 +178,13 @@ def plan(
         values.update({k: v for k, v in overrides.items() if k in declared[name]})
         resolved = params.resolve(declared[name], values, notebook=name)
         jobs.append(Job(name=name, path=notebooks[name], parameters=resolved))
+    from .spectra import search_dirs
+
     fingerprint = {
         "profile": profile,
         "package": provenance.tree_sha256(project.package_dir),
         "environment": provenance.environment_fingerprint(),
+        "data": provenance.files_fingerprint(search_dirs()),
     }
     for job in jobs:
         job.key = cache_key(job, fingerprint)

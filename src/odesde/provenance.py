@@ -79,6 +79,22 @@ def tree_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def files_fingerprint(folders) -> str:
+    """sha256 of the names and sizes of the files under ``folders`` (missing folders count too).
+
+    Notebooks read reference data when it is present and say so when it is not: the data a
+    run could see is part of what it computed.
+    """
+    digest = hashlib.sha256()
+    for index, folder in enumerate(folders):
+        folder = Path(folder)
+        digest.update(f"{index}:{folder.is_dir()}\0".encode())
+        if folder.is_dir():
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\0".encode())
+    return digest.hexdigest()
+
+
 def data_sha256(data: Any) -> str | None:
     """sha256 of the arrays behind a figure: an array, or a (nested) dict / list of them.
 
