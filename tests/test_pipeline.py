@@ -74,6 +74,13 @@ def test_bad_command_line_stops_before_execution(project, args, message):
     assert not project.executed_dir.exists()
 
 
+def test_exponent_floats_are_floats(project):
+    assert pipeline.parse_assignments(["scale=1e-1", "values=[1e-5, 2.0E+0]", "mode=1e"]) == {
+        "scale": 0.1, "values": [1e-5, 2.0], "mode": "1e"}
+    (project.notebooks_dir / "profiles" / "smoke.yaml").write_text("alpha:\n  scale: 5e-1\n")
+    assert pipeline.plan(project, "smoke")[0].parameters["scale"] == 0.5
+
+
 def test_unknown_profile_is_refused(project):
     with pytest.raises(PipelineError, match="profile 'huge': no file .*available profiles: paper, quick, smoke"):
         pipeline.plan(project, "huge")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,6 +30,22 @@ import yaml
 from . import figures, params, provenance
 
 PROFILES = ("smoke", "quick", "paper")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    """YAML with exponent floats (``1e-5``) read as floats."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class PipelineError(RuntimeError):
@@ -114,7 +131,7 @@ def load_profile(project: Project, profile: str) -> dict[str, dict[str, Any]]:
         raise PipelineError(
             f"profile {profile!r}: no file {path}; available profiles: {', '.join(available)}"
         )
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml(path.read_text()) or {}
     if not isinstance(values, dict):
         raise PipelineError(f"profile {profile!r}: {path} must map notebook names to parameters")
     notebooks = project.notebooks()
@@ -140,7 +157,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         if not sep or not name.strip():
             raise PipelineError(f"-p {item!r}: expected NAME=VALUE")
         try:
-            assignments[name.strip()] = yaml.safe_load(text)
+            assignments[name.strip()] = read_yaml(text)
         except yaml.YAMLError as err:
             raise PipelineError(f"-p {item!r}: cannot read the value ({err})") from None
     return assignments
