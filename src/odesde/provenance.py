@@ -136,6 +136,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_open(target: Path) -> Iterator:
+    """A binary file that becomes ``target`` (flushed to disk) only if the block completes."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def write_json_atomic(target: Path, obj: Any) -> None:
     """Writes ``obj`` as indented JSON to ``target`` atomically."""
     with atomic_path(target) as tmp:

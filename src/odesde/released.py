@@ -12,8 +12,6 @@ cache, else downloads it from the repository's raw path (sha256-checked, atomic 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +22,7 @@ from jaxtyping import Float
 
 from . import metrics, spectra
 from .published_deveney import DATASETS, WEIGHTS
+from .provenance import atomic_open
 
 Kind = Literal["sde", "ode", "truth"]
 KINDS = ("sde", "ode", "truth")
@@ -136,16 +135,8 @@ def _download(name: str, base_url: str, timeout: float) -> Path:
             f"download of {name} from {url} has sha256 {digest[:16]}..., expected "
             f"{SHA256_PREFIX[name]}...: not cached"
         )
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target) as f:
+        f.write(payload)
     return target
 
 

@@ -22,7 +22,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 from jaxtyping import Float, UInt8
+
+from .provenance import atomic_open
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 """The official CIFAR-10 download (python pickle batches)."""
@@ -101,17 +102,8 @@ def _check_sha(path: Path, prefix: str) -> None:
 def atomic_save(path: Path, array: np.ndarray) -> Path:
     """Save ``array`` as ``.npy`` at ``path`` atomically (write a temporary file, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        np.save(handle, array)
     return path
 
 
@@ -189,23 +181,17 @@ def download_cifar10(*, url: str | None = None, md5: str | None = None) -> Path:
         if (folder / CIFAR10_ARCHIVE).is_file():
             return folder / CIFAR10_ARCHIVE
     target = cache_dir() / CIFAR10_ARCHIVE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=CIFAR10_ARCHIVE + ".", suffix=".tmp")
     try:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with atomic_open(target) as out, urllib.request.urlopen(url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
-        if digest.hexdigest() != md5:
-            raise ValueError(f"download from {url} has md5 {digest.hexdigest()}, expected {md5}")
-        os.replace(tmp, target)
+            # Raised inside the block: a corrupt download never becomes the cached archive.
+            if digest.hexdigest() != md5:
+                raise ValueError(f"download from {url} has md5 {digest.hexdigest()}, expected {md5}")
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise _missing(CIFAR10_ARCHIVE, f"downloading {url} failed ({err})") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

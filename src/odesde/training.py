@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -34,6 +33,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm import tqdm  # text bars: no widget state in executed notebooks
 
 from . import fokker_planck as fp
+from .provenance import atomic_open
 from .sde import OUSDE, SDE
 
 __all__ = [
@@ -529,17 +529,9 @@ def save_checkpoint(
         "losses": [float(v) for v in losses],
         "terms": {k: [float(v) for v in vs] for k, vs in terms.items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write((json.dumps(header) + "\n").encode())
-            eqx.tree_serialise_leaves(f, (model, opt_state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write((json.dumps(header) + "\n").encode())
+        eqx.tree_serialise_leaves(f, (model, opt_state))
 
 
 def load_checkpoint(path: str | os.PathLike, model_like, opt_state_like):
