@@ -100,10 +100,7 @@ def search_dirs() -> list[Path]:
 
 def find(name: str) -> Path | None:
     """The first existing released file ``name`` in :func:`search_dirs`, or ``None``."""
-    for folder in search_dirs():
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return spectra.find(name, subdir=SUBDIR)
 
 
 def _check_sha(path: Path, name: str) -> None:

@@ -65,11 +65,11 @@ def search_dirs() -> list[Path]:
     return dirs + [cache_dir()]
 
 
-def find(filename: str) -> Path | None:
-    """The first existing ``filename`` in :func:`search_dirs`, or ``None``."""
+def find(filename: str, *, subdir: str = "") -> Path | None:
+    """The first existing ``subdir/filename`` in :func:`search_dirs`, or ``None``."""
     for folder in search_dirs():
-        if (folder / filename).is_file():
-            return folder / filename
+        if (folder / subdir / filename).is_file():
+            return folder / subdir / filename
     return None
 
 
