@@ -87,6 +87,17 @@ def test_strict_build_writes_every_page(html_dir):
     assert (html_dir / "_static" / "mathjax" / "tex-chtml.js").is_file()
 
 
+def test_reproducibility_page_tables_the_run(html_dir, build_dir):
+    runs = (build_dir / "book" / "book" / "_generated" / "runs.md").read_text()
+    for name in notebooks():
+        assert f"../notebooks/{name}`" in runs
+    seconds = [float(line.split("|")[3]) for line in runs.splitlines()
+               if line.startswith("| {doc}")]
+    total = float(runs.split("**total**")[1].split("**")[1])
+    assert abs(total - sum(seconds)) < 0.1 * len(seconds)
+    assert "Executed on: " in runs and " cores, " in runs and "`--jobs 1`" in runs
+
+
 # --- headless Chromium ----------------------------------------------------------------------
 
 def _chromium():

@@ -192,17 +192,35 @@ def results_overview(project: Project, notebooks: list[str]) -> str:
 
 
 def run_table(project: Project, notebooks: list[str]) -> str:
-    """Markdown table of the executed notebooks: profile, seconds, commit, cache key."""
+    """Markdown table of the executed notebooks: profile, seconds, commit, cache key; their total
+    and the machines they ran on.
+
+    The seconds are those of the execution whose result the book shows (a cache hit keeps the
+    time of the run that produced it).
+    """
     rows = ["| notebook | profile | seconds | git commit | cache key |", "|---|---|---|---|---|"]
+    total, machines, jobs = 0.0, {}, set()
     for name in notebooks:
         meta = nbformat.read(project.executed_dir / f"{name}.ipynb", as_version=4).metadata
         info = meta.get("odesde", {})
+        seconds = float(info.get("seconds", float("nan")))
+        total += seconds
         rows.append(
             f"| {{doc}}`../notebooks/{name}` | `{info.get('profile', '?')}` | "
-            f"{info.get('seconds', float('nan')):.1f} | `{str(info.get('git_commit', '?'))[:12]}` | "
+            f"{seconds:.1f} | `{str(info.get('git_commit', '?'))[:12]}` | "
             f"`{str(info.get('cache_key', '?'))[:12]}` |"
         )
-    return "\n".join(rows) + "\n"
+        if "machine" in info:
+            m = info["machine"]
+            machines[f"{m['cpu']}, {m['cores']} cores, {m['system']}"] = None
+        if "jobs" in info:
+            jobs.add(int(info["jobs"]))
+    rows.append(f"| **total** | | **{total:.1f}** ({total / 60:.1f} min) | | |")
+    lines = ["\n".join(rows), ""]
+    if machines:
+        lines.append("Executed on: " + "; ".join(machines) + (
+            f", with `--jobs {', '.join(map(str, sorted(jobs)))}`." if jobs else "."))
+    return "\n".join(lines) + "\n"
 
 
 def _copy_mathjax(destination: Path) -> None:

@@ -23,6 +23,7 @@ import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
+import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -433,6 +434,21 @@ def _w2_grid(lam, weights, tables, n_points, sde, *, schemes, chunk=2048):
     return jnp.sqrt(jnp.sum(lax.map(per_chunk, (lam_c, w_c)), axis=0))
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_w2_grid(d, table_shapes, sde, schemes):
+    """:func:`_w2_grid` compiled ahead of time for ``d`` eigenvalues and these table shapes.
+
+    Ahead-of-time so that the compilations of several scheme groups can run in parallel
+    threads before the step tables exist; cached here because lowered programs do not share
+    ``jax.jit``'s own cache.
+    """
+    treedef, leaves = table_shapes
+    tables = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves])
+    lam = jax.ShapeDtypeStruct((d,), jnp.float64)
+    n = jax.ShapeDtypeStruct((), jnp.asarray(2).dtype)
+    return _w2_grid.lower(lam, lam, tables, n, sde, schemes=schemes).compile()
+
+
 @functools.partial(jax.jit, static_argnames=("flow",))
 def _w2_continuous(lam, weights, eps, sde, *, flow):
     def per_eps(e):
@@ -661,21 +677,31 @@ def w2_table(
             groups.setdefault(points[s], {}).setdefault(s, []).append(row)
 
     max_steps = _max_steps(max((n for pts in groups for n in pts), default=2))
+    n_struct = jax.ShapeDtypeStruct((), jnp.asarray(2).dtype)
+    leaves, treedef = jax.tree.flatten(
+        _step_tables.eval_shape(sde, eps_j, n_struct, max_steps=max_steps))
+    table_shapes = (treedef, tuple((leaf.shape, leaf.dtype) for leaf in leaves))
 
-    def run_group(pts, group):
-        # One compiled loop per group of schemes serves all its N (N is traced).
+    def run_group(pts, group, tables):
+        compiled = _compiled_w2_grid(lam_j.shape[0], table_shapes, sde, tuple(group))
         for j, n in enumerate(pts):
-            tables = _step_tables(sde, eps_j, jnp.asarray(n), max_steps=max_steps)
-            res = np.asarray(_w2_grid(lam_j, w_j, tables, jnp.asarray(n), sde,
-                                      schemes=tuple(group)))
+            res = np.asarray(compiled(lam_j, w_j, tables[n].result(), jnp.asarray(n), sde))
             for res_s, rows in zip(res, group.values()):
                 out[rows, :, j, :] = res_s
 
-    # Groups compile and run in parallel threads (XLA releases the GIL; its CPU loops are
-    # single-threaded), heaviest first.
+    # Each group's loop compiles in its own thread (XLA releases the GIL), heaviest first, while
+    # this thread compiles and fills the step tables they will need: cold, the compilations
+    # overlap instead of queueing.
     order = sorted(groups.items(), key=lambda g: -sum(g[0]) * len(g[1]))
-    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
-        for future in [pool.submit(run_group, pts, group) for pts, group in order]:
+    with ThreadPoolExecutor(max_workers=len(order) + 1) as pool:
+        tables = {n: concurrent.futures.Future() for pts in groups for n in pts}
+        futures = [pool.submit(run_group, pts, group, tables) for pts, group in order]
+        for n, future in tables.items():
+            try:
+                future.set_result(_step_tables(sde, eps_j, jnp.asarray(n), max_steps=max_steps))
+            except BaseException as err:  # the group threads must not wait forever
+                future.set_exception(err)
+        for future in futures:
             future.result()
     return out[..., [STARTS.index(s) for s in starts]]
 

@@ -265,8 +265,8 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata["odesde"] = {
             "profile": job["profile"], "parameters": job["parameters"], "cache_key": job["key"],
-            "git_commit": job["commit"], "seconds": round(seconds, 2),
-            "packages": provenance.package_versions(),
+            "git_commit": job["commit"], "seconds": round(seconds, 2), "jobs": job["jobs"],
+            "machine": provenance.machine(), "packages": provenance.package_versions(),
         }
         nbformat.write(nb, output)
     return {"error": error, "seconds": seconds}
@@ -355,7 +355,7 @@ def run(
                 "name": job.name, "path": str(job.path), "parameters": job.parameters,
                 "profile": profile, "key": job.key, "commit": commit,
                 "cwd": str(project.notebooks_dir), "jupyter_path": jupyter_path,
-                "progress": progress and jobs == 1,
+                "progress": progress and jobs == 1, "jobs": jobs,
                 "staging": str(project.cache_dir / f".tmp-{job.name}-{uuid.uuid4().hex[:8]}"),
             }
             for job in to_run

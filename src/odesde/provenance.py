@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,6 +29,18 @@ def find_root(start: Path | None = None) -> Path | None:
         if (folder / "_config.yml").is_file() and (folder / "notebooks").is_dir():
             return folder
     return None
+
+
+def machine() -> dict[str, Any]:
+    """The machine a notebook ran on: CPU model, usable cores, system; for the timing tables."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "system": platform.platform(terse=True)}
 
 
 def git_commit(root: Path | None = None) -> str:
