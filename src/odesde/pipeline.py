@@ -246,6 +246,10 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         JUPYTER_PATH=os.pathsep.join(filter(None, [job["jupyter_path"], os.environ.get("JUPYTER_PATH")])),
         PYDEVD_DISABLE_FILE_VALIDATION="1",
     )
+    # JAX's persistent compilation cache: a re-run with other parameters recompiles only the
+    # programs whose shapes changed. Results do not depend on it (the same programs either way).
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", job["jax_cache"])
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     output = staging / "notebook.ipynb"
     start = time.perf_counter()
     error = ""
@@ -356,6 +360,7 @@ def run(
                 "profile": profile, "key": job.key, "commit": commit,
                 "cwd": str(project.notebooks_dir), "jupyter_path": jupyter_path,
                 "progress": progress and jobs == 1, "jobs": jobs,
+                "jax_cache": str(project.build_dir / "jax-cache"),
                 "staging": str(project.cache_dir / f".tmp-{job.name}-{uuid.uuid4().hex[:8]}"),
             }
             for job in to_run
