@@ -196,3 +196,63 @@ def test_bad_options_raise_clear_errors():
         training.ScoreFPELoss(training.DSMLoss(VPSDE()), fp_weighting="ll")
     with pytest.raises(TypeError, match="data"):
         training.make_step(training.DSMLoss(VPSDE()), optax.adam(1e-3), 3, 8)
+
+
+def test_loss_weights_are_array_leaves_and_equal_settings_share_one_compiled_step():
+    from odesde.score_fpe_study import CompileCounter
+
+    sde, data = VPSDE(), toy_data()
+    a = training.ScoreFPELoss(training.DSMLoss(sde, t_min=1e-2), weight=1e-3, scalar_weight=0.1)
+    b = training.ScoreFPELoss(training.DSMLoss(sde, t_min=1e-2), weight=0.5, scalar_weight=0.2)
+    assert a.weight.shape == () and a.weight.dtype == jnp.float64
+    # The weights act as before: total = dsm + weight fp + scalar_weight scalar.
+    x0 = data.sample(32, key=jax.random.key(0))
+    total, terms = eqx.filter_jit(b)(small_net(), x0, jax.random.key(1))
+    np.testing.assert_allclose(total, terms["dsm"] + 0.5 * terms["fp"] + 0.2 * terms["scalar"],
+                               rtol=1e-12)
+    # Equal settings give the same optimiser object; an array learning rate still works.
+    assert training.make_optimizer(1e-3) is training.make_optimizer(0.001)
+    assert training.make_optimizer(1e-3) is not training.make_optimizer(1e-3, grad_clip=1.0)
+    assert training.make_optimizer(jnp.asarray(1e-3)) is not training.make_optimizer(1e-3)
+    assert training.deveney_schedule(100, 1e-3) is training.deveney_schedule(100, 1e-3)
+    assert training.lai_optimizer() is training.lai_optimizer()
+    # One compilation serves both weights (the step is compiled ahead of time here).
+    with CompileCounter() as ahead:
+        training.compile_step(a, training.make_optimizer(2e-3), data, 16, small_net())
+    assert "jit(_train_step)" in ahead.names, ahead.names
+    with CompileCounter() as counter:
+        for loss in (a, b):
+            training.train(small_net(), loss, data, num_steps=2, batch_size=16,
+                           key=jax.random.key(2), optimizer=training.make_optimizer(2e-3),
+                           progress=False)
+    assert "jit(_train_step)" not in counter.names, counter.names
+
+
+def test_log_density_loss_weight_zero_is_not_differentiated_and_weights_share_a_step():
+    zero = training.LogDensityFPLoss.deveney(0.0, num_collocation=16)
+    one = training.LogDensityFPLoss.deveney(1.0, num_collocation=16)
+    assert not zero._fp_gradient and one._fp_gradient
+    assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(
+        training.LogDensityFPLoss.deveney(0.3, num_collocation=16))
+    pot = nets.PotentialMLP(key=jax.random.key(9), width=8, depth=1, beta=10.0)
+    x0 = targets.checker().sample(16, key=jax.random.key(3))
+    grad = lambda loss: eqx.filter_grad(lambda m: loss(m, x0, jax.random.key(4))[0])(pot)  # noqa: E731
+    dsm_only = eqx.filter_grad(lambda m: zero.dsm(m, x0, jax.random.split(jax.random.key(4))[0])[0])
+    for g, h in zip(jax.tree_util.tree_leaves(grad(zero)), jax.tree_util.tree_leaves(dsm_only(pot))):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_bad_loss_weights_raise_clear_errors():
+    dsm = training.DSMLoss(VPSDE())
+    with pytest.raises(ValueError, match="weight must be >= 0, got -1"):
+        training.ScoreFPELoss(dsm, weight=-1.0)
+    with pytest.raises(ValueError, match="scalar_weight must be >= 0"):
+        training.ScoreFPELoss(dsm, scalar_weight=-0.5)
+    with pytest.raises(ValueError, match="weight must be a scalar"):
+        training.ScoreFPELoss(dsm, weight=jnp.ones(2))
+    with pytest.raises(ValueError, match="power must be > 0"):
+        training.ScoreFPELoss(dsm, power=0.0)
+    with pytest.raises(ValueError, match="LogDensityFPLoss: weight must be >= 0"):
+        training.LogDensityFPLoss.deveney(-0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        training.compile_step(dsm, training.make_optimizer(), toy_data(), 0, small_net())

@@ -162,3 +162,64 @@ def test_chunked_evaluation_and_likelihood(monkeypatch):
     pts = gauss.sample(3, key=jax.random.key(0))
     np.testing.assert_allclose(st.nll(gauss.score_fn(VP), VP, pts), -gauss.log_prob(pts),
                                atol=2e-3)
+
+
+def test_fixed_shape_chunks_draw_and_log_prob(monkeypatch):
+    monkeypatch.setattr(st, "CHUNK", 4)
+    seen = []
+
+    def fn(a, t):
+        seen.append(a.shape[0])
+        return a.sum(-1) * t
+
+    x, t = np.arange(18.0).reshape(9, 2), np.linspace(0, 1, 9)
+    np.testing.assert_allclose(st._chunked(fn, x, t), x.sum(-1) * t)
+    assert seen == [4, 4, 4]  # every call sees one shape: one compilation
+    seen.clear()
+    np.testing.assert_allclose(st._chunked(fn, x[:3], t[:3], size=8, pad=False),
+                               x[:3].sum(-1) * t[:3])
+    assert seen == [3]
+    with pytest.raises(ValueError, match="no points"):
+        st._chunked(fn, x[:0], t[:0])
+    mix = st.four_gaussians()
+    monkeypatch.setattr(st, "SAMPLE_BLOCK", 8)
+    a, b = st.draw(mix, 5, key=jax.random.key(1)), st.draw(mix, 20, key=jax.random.key(1))
+    assert a.shape == (5, 2) and b.shape == (20, 2)
+    np.testing.assert_array_equal(a, b[:5])  # blocks of a fixed size: n does not change them
+    assert not np.array_equal(b[:8], b[8:16])
+    np.testing.assert_allclose(st.log_prob(mix, b), mix.log_prob(jnp.asarray(b)), rtol=1e-12)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        st.draw(mix, 0, key=jax.random.key(1))
+
+
+def test_background_compilation_serves_the_later_calls():
+    # A dimension and width no other test uses, so that nothing is compiled already.
+    mix = targets.random_mixture(5, 2, key=jax.random.key(7))
+    cfg = st.TrainConfig(dim=5, width=9, depth=1, batch_size=16, dsm_steps=3, finetune_steps=2,
+                         finetune_lr=1e-3)
+    programs = st.chapter_programs({"5-D": mix}, {"5-D": cfg}, VP, lambdas=[0.0, 1e-3],
+                                   n_nll=3, n_scaling=8, key=jax.random.key(0))
+    labels = [label for label, _, _ in programs]
+    assert "5-D: DSM + FP step" in labels and "5-D: DSM fine-tune step" not in labels
+    with st.CompileCounter() as ahead:
+        seconds = st.BackgroundCompiler(programs, workers=2).wait()
+    assert set(seconds) == set(labels) and ahead.count >= len(labels)
+    with st.CompileCounter() as later:
+        _, tuned = st.train_lambda_grid(mix, VP, cfg, lambdas=[0.0, 1e-3], seeds=[0],
+                                        model_dir=None, progress=False)
+        model = tuned[(0, 1e-3)].model
+        x = st.marginal_samples(mix, VP, [0.1, 0.5], 8, key=jax.random.key(1))
+        st.residual_norms(model, VP, x, [0.1, 0.5])
+        st.asymmetry(model, x, [0.1, 0.5])
+        st.nll(model, VP, x[0, :3])
+        st.nll(mix.score_fn(VP), VP, x[0, :3])
+        st.scalar_term_samples(mix.score_fn(VP), VP, x, [0.1, 0.5])
+        st.official_loss_along_scaling(mix, VP, [0.99, 1.0], n=8, key=jax.random.key(2))
+        st.step_seconds(cfg.official_loss(VP), model, mix, batch_size=16, repeats=1,
+                        key=jax.random.key(3), lr=1e-3)
+    big = {"jit(_train_step)", "jit(_residuals)", "jit(_asymmetry)", "jit(_nll_block)",
+           "jit(_scalar_terms)", "jit(_scaling_terms)", "jit(_perturb)", "jit(_init_model)"}
+    assert not big & set(later.names), later.names
+    failing = st.BackgroundCompiler([("broken", st._residuals, (None,))], workers=1)
+    with pytest.raises(RuntimeError, match="broken"):
+        failing.wait()

@@ -15,6 +15,12 @@ Grid convention (all schemes): ``n_points`` grid points, uniform in backward tim
 and RK4's last stage evaluate the score at the right endpoint, RK4's middle stages at the
 midpoint. There is no final denoising step.
 
+Non-uniform grids: :func:`sample_on_grid` runs the same schemes on any decreasing grid of forward
+times, optionally without noise on the last stochastic step; :func:`deveney_time_grid` is the
+grid of Deveney et al.'s samplers (790 steps of ``h = 0.0125`` from ``T = 10``, then 100 of
+``h / 10`` down to 0; digest Sec. 6), with which ``"em"`` (last step drift-only) and ``"euler"``
+are the paper's two samplers.
+
 With the exact linear score ``-x / lambda(t)`` along an eigenvector of the data covariance, each
 one-step map below is ``x -> a x + b z`` with the ``(a, b)`` of the digest's Sec. 3 table;
 :func:`odesde.gaussian.step_coefficients` holds those closed forms and the tests check that
@@ -117,6 +123,73 @@ def check_ddpm_steps(sde: SDE, n_points: int, eps: float) -> None:
             f"scheme='ddpm' with n_points={n_points}, eps={eps}: the discrete rate "
             f"beta^D = -2 f dt reaches {beta_d.max():.3g} >= 1, so 1 / sqrt(1 - beta^D) is "
             "undefined; use more grid points (Pierret & Galerne: n_points - 1 > 20 (T - eps))"
+        )
+
+
+def deveney_time_grid(
+    T: float = 10.0, h: float = 0.0125, coarse: int = 790, fine: int = 100
+) -> np.ndarray:
+    """The grid of Deveney et al.'s samplers (digest Sec. 6), as ``coarse + fine + 1`` points.
+
+    ``coarse`` steps of ``h`` from ``T`` (``10, ..., 0.1375`` are the times passed to the
+    score), then ``fine`` steps of ``h / 10`` (``0.125, ..., 0.00125``) down to ``T - h coarse -
+    h fine / 10``, which is 0 for the defaults (set exactly). The score never sees ``t = 0``.
+    The evaluation times equal :func:`odesde.linear_gap.paper_grid`'s bit for bit.
+
+    Args:
+        T: the start (forward time).
+        h: the coarse step.
+        coarse: number of coarse steps.
+        fine: number of fine steps of ``h / 10``.
+
+    Returns:
+        The forward times, shape ``(coarse + fine + 1,)``, decreasing.
+    """
+    for name, value in (("coarse", coarse), ("fine", fine)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"deveney_time_grid: {name}={value!r} must be an integer >= 0")
+    if coarse + fine < 1:
+        raise ValueError("deveney_time_grid: coarse + fine must be >= 1 (at least one step)")
+    if not h > 0:
+        raise ValueError(f"deveney_time_grid: h={h!r} must be > 0")
+    t1 = T - h * np.arange(coarse)
+    t_mid = T - h * coarse
+    t2 = t_mid - (h / 10) * np.arange(fine)
+    end = t_mid - (h / 10) * fine
+    if end < -1e-9 * T:
+        raise ValueError(
+            f"deveney_time_grid: the grid ends at t = {end:g} < 0 (T={T}, h={h}, coarse={coarse}, "
+            f"fine={fine})"
+        )
+    end = 0.0 if abs(end) <= 1e-9 * T else end
+    return np.concatenate([t1, t2, [end]])
+
+
+def check_times(times) -> np.ndarray:
+    """Validate a sampler grid: a 1-D, finite, strictly decreasing array of >= 2 forward times
+    ``>= 0``. Returns it as float64."""
+    t = np.asarray(times, dtype=np.float64)
+    if t.ndim != 1 or t.size < 2:
+        raise ValueError(f"times must be a 1-D array of >= 2 forward times, got shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("times must be finite")
+    if not np.all(np.diff(t) < 0):
+        k = int(np.argmax(np.diff(t) >= 0))
+        raise ValueError(
+            f"times must be strictly decreasing (forward time runs down to the data); "
+            f"times[{k}] = {t[k]:g} <= times[{k + 1}] = {t[k + 1]:g}"
+        )
+    if t[-1] < 0:
+        raise ValueError(f"times must be >= 0, got times[-1] = {t[-1]:g}")
+    return t
+
+
+def _check_ddpm_rates(sde: SDE, t_left: np.ndarray, dt: np.ndarray, where: str) -> None:
+    beta_d = -2.0 * _drift_at(sde, t_left) * dt
+    if beta_d.max() >= 1.0:
+        raise ValueError(
+            f"scheme='ddpm' {where}: the discrete rate beta^D = -2 f dt reaches "
+            f"{beta_d.max():.3g} >= 1, so 1 / sqrt(1 - beta^D) is undefined; use smaller steps"
         )
 
 
@@ -238,6 +311,31 @@ def sample(
     if scheme == "ddpm":
         check_ddpm_steps(sde, n_points, eps)
     stochastic = scheme in SDE_SCHEMES
+    key, x_T = _initial_states(sde, key, x_T, n_samples, dim)
+    if stochastic and key is None:
+        raise ValueError(f"scheme={scheme!r} is stochastic: key is required")
+    if key is None:
+        key = jax.random.key(0)  # unused by the ODE schemes; keeps one compiled path
+    t = time_grid(n_points, eps, T)
+    dt = jnp.full((n_points - 1,), step_size(n_points, jnp.asarray(eps, dtype=float), T))
+    noise = jnp.ones((n_points - 1,), dtype=float)
+    return _finish(_run(sde, score, scheme, t, dt, noise, x_T, key, return_trajectory), t,
+                   scheme, return_trajectory, "e.g. a score that diverges at eps=0")
+
+
+def _finish(result, t, scheme, return_trajectory, hint):
+    x, path, first_bad = result
+    first_bad = int(first_bad)
+    if first_bad >= 0:
+        t_bad = float(t[first_bad + 1])
+        raise FloatingPointError(
+            f"scheme={scheme!r}: non-finite samples after step {first_bad + 1} of "
+            f"{len(t) - 1} (forward time {t_bad:.6g}); {hint}"
+        )
+    return (x, path) if return_trajectory else x
+
+
+def _initial_states(sde, key, x_T, n_samples, dim):
     if x_T is None:
         if n_samples is None or dim is None:
             raise ValueError("give either x_T (shape (m, d)) or both n_samples and dim")
@@ -251,50 +349,107 @@ def sample(
         x_T = jnp.asarray(x_T, dtype=float)
         if x_T.ndim != 2:
             raise ValueError(f"x_T must have shape (m, d), got shape {x_T.shape}")
+    return key, x_T
+
+
+def sample_on_grid(
+    sde: SDE,
+    score: ScoreFn,
+    scheme: Scheme,
+    *,
+    times: Float[ArrayLike, " n"],
+    key: PRNGKeyArray | None = None,
+    x_T: Float[ArrayLike, "m d"] | None = None,
+    n_samples: int | None = None,
+    dim: int | None = None,
+    last_noise: bool = True,
+    return_trajectory: bool = False,
+) -> Float[Array, "m d"] | tuple[Float[Array, "m d"], Float[Array, "n m d"]]:
+    """Run ``scheme`` on an arbitrary decreasing grid of forward times.
+
+    Step ``k`` goes from ``times[k]`` to ``times[k + 1]`` with ``dt = times[k] - times[k + 1]``,
+    the score taken at ``times[k]`` (the time *before* the update) as in :func:`reverse_step`.
+    With :func:`deveney_time_grid`, ``scheme="em"`` and ``last_noise=False`` this is Deveney
+    et al.'s reverse-SDE sampler and ``scheme="euler"`` their probability-flow sampler
+    (digest Sec. 6). On a uniform grid with ``last_noise=True`` it is :func:`sample`.
+
+    Args:
+        sde: the forward SDE.
+        score: ``score(x: (d,), t: scalar) -> (d,)``.
+        scheme: one of :data:`SCHEMES`.
+        times: forward times, strictly decreasing, ``times[0]`` the start (at most ``T``),
+            ``times[-1] >= 0`` the output time.
+        key: PRNG key for the initial draw (when ``x_T`` is not given) and the SDE noise.
+        x_T: initial states ``(m, d)``; if omitted, ``n_samples`` draws of the prior in ``dim``
+            dimensions.
+        n_samples: number of samples when ``x_T`` is omitted.
+        dim: dimension when ``x_T`` is omitted.
+        last_noise: add the noise on the last step of a stochastic scheme (``False``: the last
+            step is drift-only, as in Deveney et al.'s EM sampler).
+        return_trajectory: also return the states at every grid point.
+
+    Returns:
+        The samples at ``times[-1]``; with ``return_trajectory`` also the states at every grid
+        point, shape ``(len(times), m, d)``.
+
+    Raises:
+        FloatingPointError: a state became NaN or infinite; the message names the first step.
+    """
+    check_scheme(scheme)
+    T = float(sde.T)
+    t = check_times(times)
+    if t[0] > T * (1 + 1e-12):
+        raise ValueError(f"times[0] = {t[0]:g} is beyond the horizon T = {T:g} of the SDE")
+    check_sde_supports(sde, scheme)
+    dt_host = -np.diff(t)
+    if scheme == "ddpm":
+        _check_ddpm_rates(sde, t[:-1], dt_host, "on this grid")
+    stochastic = scheme in SDE_SCHEMES
+    key, x_T = _initial_states(sde, key, x_T, n_samples, dim)
     if stochastic and key is None:
         raise ValueError(f"scheme={scheme!r} is stochastic: key is required")
     if key is None:
         key = jax.random.key(0)  # unused by the ODE schemes; keeps one compiled path
-    x, path, first_bad = _run(sde, score, scheme, n_points, jnp.asarray(eps, dtype=float), x_T,
-                              key, return_trajectory)
-    first_bad = int(first_bad)
-    if first_bad >= 0:
-        t_bad = float(time_grid(n_points, eps, T)[first_bad + 1])
-        raise FloatingPointError(
-            f"scheme={scheme!r}: non-finite samples after step {first_bad + 1} of "
-            f"{n_points - 1} (forward time {t_bad:.6g}); e.g. a score that diverges at eps=0"
-        )
-    return (x, path) if return_trajectory else x
+    noise = np.ones(t.size - 1)
+    if not last_noise:
+        noise[-1] = 0.0
+    return _finish(
+        _run(sde, score, scheme, jnp.asarray(t), jnp.asarray(dt_host), jnp.asarray(noise), x_T,
+             key, return_trajectory),
+        t, scheme, return_trajectory, "e.g. a score that diverges near t = 0",
+    )
 
 
 @eqx.filter_jit
-def _run(sde, score, scheme, n_points, eps, x_T, key, return_trajectory):
-    """Final states, the trajectory (or None) and the first step with a non-finite state."""
+def _run(sde, score, scheme, t, dt, noise, x_T, key, return_trajectory):
+    """Final states, the trajectory (or None) and the first step with a non-finite state.
+
+    ``t``: the ``n + 1`` grid times; ``dt``: the ``n`` step sizes; ``noise``: ``n`` factors of
+    the Gaussian increments (1, or 0 for a drift-only step).
+    """
     # filter_jit: a neural score's arrays are traced, a plain function is static.
-    T = float(sde.T)
-    t = time_grid(n_points, eps, T)
-    dt = step_size(n_points, eps, T)
-    keys = jax.random.split(key, n_points - 1)
+    n = dt.shape[0]
+    keys = jax.random.split(key, n)
     batched = jax.vmap(
-        lambda x, tk, tn, z: reverse_step(sde, score, scheme, x, tk, tn, dt, z),
-        in_axes=(0, None, None, 0),
+        lambda x, tk, tn, h, z: reverse_step(sde, score, scheme, x, tk, tn, h, z),
+        in_axes=(0, None, None, None, 0),
     )
 
     def body(carry, inputs):
         x, first_bad = carry
-        tk, tn, key_k, step = inputs
+        tk, tn, h, c, key_k, step = inputs
         if scheme in SDE_SCHEMES:
-            z = jax.random.normal(key_k, x.shape, dtype=x.dtype)
+            z = c * jax.random.normal(key_k, x.shape, dtype=x.dtype)
         else:
             z = jnp.zeros_like(x)
-        x = batched(x, tk, tn, z)
+        x = batched(x, tk, tn, h, z)
         bad = (first_bad < 0) & ~jnp.all(jnp.isfinite(x))
         first_bad = jnp.where(bad, step, first_bad)
         return (x, first_bad), (x if return_trajectory else None)
 
-    steps = jnp.arange(n_points - 1)
+    steps = jnp.arange(n)
     (x, first_bad), path = lax.scan(body, (x_T, jnp.asarray(-1, dtype=steps.dtype)),
-                                    (t[:-1], t[1:], keys, steps))
+                                    (t[:-1], t[1:], dt, noise, keys, steps))
     if return_trajectory:
         path = jnp.concatenate([x_T[None], path], axis=0)
     return x, path, first_bad

@@ -11,13 +11,20 @@ checkpoints), :mod:`odesde.flow` (probability-flow likelihood) and :mod:`odesde.
   same number of steps), reusing checkpoints whose file names hash every training parameter;
   :class:`LambdaFPLoss`, the FP-regularised loss with ``lambda`` a traced array (one
   compilation for the whole grid);
+- sampling and densities in fixed-shape blocks: :func:`draw`, :func:`log_prob`;
 - diagnostics at ``x ~ q_t``: :func:`residual_norms`, :func:`residual_on_grid`,
   :func:`asymmetry`, :func:`nll` (probability-flow likelihood), :func:`scalar_term_samples`
   (the official regulariser's scalar term, biased at the true VP score: digest Sec. 3),
   :func:`official_loss_along_scaling` with :class:`ScaledScore` and :func:`parabola_minimum`.
   They evaluate in chunks of :data:`CHUNK` points (a CPU-runtime deadlock, see there);
 - estimator checks: :func:`hutchinson_vs_exact`, :func:`finite_difference_errors`;
-- :func:`step_seconds`, the measured cost of a training step.
+- :func:`step_seconds`, the measured cost of a training step; :class:`CompileCounter`, the
+  number and seconds of XLA compilations of a piece of work.
+
+Compilation dominates the cost of a short run on a CPU, so every helper evaluates in blocks of
+one fixed shape (the last block padded by repeating its last row, the padding discarded), with
+the times of the points as an array: each (function, dimension) pair compiles once, whatever the
+number of points or times.
 
 Conventions: the forward SDE is Song et al.'s VP (``f = -beta/2``, ``g^2 = beta``, beta from 0.1
 to 20) unless a function takes another ``sde``; scores are ``score(x: (d,), t) -> (d,)``; all
@@ -27,7 +34,6 @@ randomness comes from explicit keys.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -48,6 +54,11 @@ from .targets import GaussianMixture
 
 __all__ = [
     "four_gaussians",
+    "CompileCounter",
+    "BackgroundCompiler",
+    "chapter_programs",
+    "draw",
+    "log_prob",
     "optimizer",
     "ScaledScore",
     "parabola_minimum",
@@ -126,17 +137,34 @@ class TrainConfig:
         return LambdaFPLoss(base, jnp.asarray(lam, dtype=float))
 
     def init_model(self, sde: SDE, key: PRNGKeyArray) -> nets.ScoreMLP:
-        return nets.ScoreMLP(
-            self.dim, key=key, width=self.width, depth=self.depth, parametrisation="noise",
-            sde=sde, t_max=float(sde.T),
-        )
+        # Jitted: the eager initialisation compiles one random draw per layer shape.
+        return _init_model(self, sde, key)
+
+    def official_loss(self, sde: SDE) -> training.ScoreFPELoss:
+        """The FP loss with the official code's estimators (one Gaussian Hutchinson probe, the
+        three-point finite difference in time), for the cost comparison; weight ``1e-4`` (the
+        weights are array leaves: the cost does not depend on them)."""
+        return training.ScoreFPELoss(self.dsm_loss(sde), weight=1e-4,
+                                     divergence_method="hutchinson",
+                                     time_derivative_method="finite_difference")
+
+
+@eqx.filter_jit
+def _init_model(config: TrainConfig, sde: SDE, key: PRNGKeyArray) -> nets.ScoreMLP:
+    return nets.ScoreMLP(
+        config.dim, key=key, width=config.width, depth=config.depth, parametrisation="noise",
+        sde=sde, t_max=float(sde.T),
+    )
 
 
 class LambdaFPLoss(eqx.Module):
     """``dsm + lam * fp`` from a :class:`odesde.training.ScoreFPELoss` with ``weight = 1``.
 
     ``lam`` is an array leaf, so that a jitted training step compiles once for every value of a
-    grid (the core loss keeps its weight static). The terms are those of the wrapped loss.
+    grid. The core loss's weights are array leaves too; this wrapper differs from
+    ``ScoreFPELoss(weight=lam, scalar_weight=0)`` only in leaving the scalar term out of the
+    total altogether (no ``0 x`` its gradient to compute). The terms are those of the wrapped
+    loss.
     """
 
     base: training.ScoreFPELoss
@@ -191,11 +219,11 @@ def _checkpoint_complete(path: Path, num_steps: int) -> bool:
         return json.loads(f.readline()).get("step") == num_steps
 
 
-@functools.lru_cache(maxsize=None)
 def optimizer(lr: float):
-    """Adam at ``lr``, one object per learning rate: the jitted training step is keyed on the
-    optimiser, so runs (and :func:`step_seconds`) that share it share one compilation."""
-    return training.make_optimizer(lr)
+    """Adam at ``lr`` (:func:`odesde.training.make_optimizer`, which returns one object per
+    learning rate: the jitted training step is keyed on the optimiser, so runs and
+    :func:`step_seconds` that share it share one compilation)."""
+    return training.make_optimizer(float(lr))
 
 
 def _train(model, loss, data, config, *, num_steps, key, lr, path, progress, description):
@@ -262,29 +290,123 @@ def train_lambda_grid(
 #: 0.10.2, 2 cores) a vmapped 8-D mixture-score residual over 1000 points deadlocked on its
 #: second call (every thread idle, the caller blocked on the result); 250 never did.
 CHUNK = 250
+#: Points per call of :func:`nll`: every point of a call runs until the slowest one's adaptive
+#: solve ends, and a small run should not pay for a padded block of :data:`CHUNK` solves.
+NLL_CHUNK = 50
+#: Samples per call of :func:`draw` and points per call of :func:`log_prob`.
+SAMPLE_BLOCK = 1000
 
 
-def _chunked(fn, x, *rest):
-    """``fn(x[i:i+CHUNK], *(r[i:i+CHUNK] for r in rest))`` concatenated along axis 0."""
-    outs = [fn(x[i:i + CHUNK], *(r[i:i + CHUNK] for r in rest)) for i in range(0, x.shape[0], CHUNK)]
-    return jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *outs)
+class CompileCounter:
+    """Counts XLA compilations (and their seconds) while active: ``with CompileCounter() as c:``
+    (or ``c = CompileCounter().start()`` ... ``c.stop()``), then ``c.count`` and ``c.seconds``.
+    Tracing is not included; a program loaded from a persistent cache is not compiled."""
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+        self.names: list[str] = []  # the compiled functions' names, in order
+
+    def _listener(self, event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+            self.seconds += duration
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+    def start(self) -> "CompileCounter":
+        """Start counting (also ``with``)."""
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def stop(self) -> "CompileCounter":
+        """Stop counting."""
+        from jax._src import monitoring  # no public unregister in jax 0.10
+
+        monitoring.unregister_event_duration_listener(self._listener)
+        return self
+
+    def __enter__(self) -> "CompileCounter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _chunked(fn, *arrays, size: int | None = None, pad: bool = True):
+    """``fn`` over blocks of ``size`` (default :data:`CHUNK`) rows of ``arrays``, concatenated.
+
+    With ``pad``, every call sees exactly ``size`` rows (the last block is filled up by
+    repeating the last row, and the extra outputs are dropped), so ``fn`` compiles once;
+    without, the block size is ``min(n, size)`` and a last partial block is padded to it.
+    """
+    size = CHUNK if size is None else size
+    arrays = [np.asarray(a) for a in arrays]  # host slicing: no eager device ops to compile
+    n = arrays[0].shape[0]
+    if n == 0:
+        raise ValueError("no points to evaluate")
+    block = size if pad else min(n, size)
+    outs = []
+    for i in range(0, n, block):
+        parts = [a[i:i + block] for a in arrays]
+        short = block - parts[0].shape[0]
+        if short:
+            parts = [np.concatenate([a, np.repeat(a[-1:], short, axis=0)]) for a in parts]
+        outs.append(fn(*parts))
+    out = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *outs)
+    return jax.tree_util.tree_map(lambda v: v[:n], out)
+
+
+def _per_point(fn, x, times):
+    """``fn(points, point_times)`` at ``x[i, j]`` and ``times[i]`` for ``x`` of shape
+    ``(len(times), n, ...)``, in fixed-shape chunks; outputs shaped ``(len(times), n, ...)``."""
+    x = np.asarray(x)
+    t = np.repeat(np.asarray(times, dtype=float), x.shape[1])
+    out = _chunked(fn, x.reshape(-1, *x.shape[2:]), t)
+    return jax.tree_util.tree_map(lambda v: v.reshape(x.shape[:2] + v.shape[1:]), out)
+
+
+def draw(target, n: int, *, key: PRNGKeyArray) -> np.ndarray:
+    """``n`` samples of ``target`` in blocks of :data:`SAMPLE_BLOCK` (block ``i`` from
+    ``fold_in(key, i)``; the last block truncated): one compilation per target structure and
+    dimension, e.g. for a mixture and all its noised marginals, whatever ``n``."""
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"draw: n must be a positive int, got {n!r}")
+    blocks = [np.asarray(target.sample(SAMPLE_BLOCK, key=jax.random.fold_in(key, i)))
+              for i in range(-(-n // SAMPLE_BLOCK))]
+    return np.concatenate(blocks)[:n]
+
+
+@eqx.filter_jit
+def _log_prob(target, x):
+    return target.log_prob(x)
+
+
+def log_prob(target, x: Array) -> np.ndarray:
+    """``target.log_prob`` at the rows of ``x``, jitted in blocks of :data:`SAMPLE_BLOCK`."""
+    return _chunked(lambda y: _log_prob(target, y), x, size=SAMPLE_BLOCK)
+
+
+@eqx.filter_jit
+def _nll_block(score, sde, x):
+    return flow.negative_log_likelihood(score, sde, x)
 
 
 def nll(score: ScoreFn, sde: SDE, x: Array) -> np.ndarray:
     """Probability-flow NLL (nats) of each row of ``x``
-    (:func:`odesde.flow.negative_log_likelihood`, exact divergence), in chunks of ``CHUNK``."""
-    return _chunked(lambda y: flow.negative_log_likelihood(score, sde, y), x)
+    (:func:`odesde.flow.negative_log_likelihood`, exact divergence), in chunks of
+    ``min(n, NLL_CHUNK)`` rows."""
+    return _chunked(lambda y: _nll_block(score, sde, y), x, size=NLL_CHUNK, pad=False)
 
 
-def marginal_samples(target: GaussianMixture, sde: SDE, times, n: int, *, key) -> Array:
-    """``(len(times), n, d)`` samples of the noised marginals ``q_t`` (one key per time)."""
+def marginal_samples(target: GaussianMixture, sde: SDE, times, n: int, *, key) -> np.ndarray:
+    """``(len(times), n, d)`` samples of the noised marginals ``q_t`` (one key per time;
+    :func:`draw`)."""
     keys = jax.random.split(key, len(times))
-    return jnp.stack([target.marginal(sde, float(t)).sample(n, key=k) for t, k in zip(times, keys)])
+    return np.stack([draw(target.marginal(sde, float(t)), n, key=k) for t, k in zip(times, keys)])
 
 
 @eqx.filter_jit
 def _residuals(score, sde, x, t):
-    return jax.vmap(lambda xi: fp.score_fpe_residual(score, xi, t, sde=sde))(x)
+    return jax.vmap(lambda xi, ti: fp.score_fpe_residual(score, xi, ti, sde=sde))(x, t)
 
 
 def residual_norms(score: ScoreFn, sde: SDE, x: Array, times) -> np.ndarray:
@@ -292,11 +414,8 @@ def residual_norms(score: ScoreFn, sde: SDE, x: Array, times) -> np.ndarray:
 
     ``x`` is ``(len(times), n, d)``, e.g. from :func:`marginal_samples`.
     """
-    return np.stack([
-        np.linalg.norm(_chunked(lambda y: _residuals(score, sde, y, jnp.asarray(float(t))), xi),
-                       axis=-1)
-        for xi, t in zip(x, times)
-    ])
+    r = _per_point(lambda y, t: _residuals(score, sde, y, t), x, times)
+    return np.linalg.norm(r, axis=-1)
 
 
 def residual_on_grid(score: ScoreFn, sde: SDE, t: float, *, half_width: float, n: int):
@@ -306,25 +425,24 @@ def residual_on_grid(score: ScoreFn, sde: SDE, t: float, *, half_width: float, n
     """
     axis = np.linspace(-half_width, half_width, n)
     xx, yy = np.meshgrid(axis, axis)
-    pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1))
-    r = _chunked(lambda y: _residuals(score, sde, y, jnp.asarray(float(t))), pts)
+    pts = np.stack([xx.ravel(), yy.ravel()], -1)
+    r = _per_point(lambda y, tt: _residuals(score, sde, y, tt), pts[None], [t])[0]
     return axis, np.linalg.norm(r, axis=-1).reshape(n, n)
 
 
 @eqx.filter_jit
 def _asymmetry(score, x, t):
-    return jax.vmap(lambda xi: metrics.jacobian_asymmetry(lambda y: score(y, t), xi))(x)
+    return jax.vmap(lambda xi, ti: metrics.jacobian_asymmetry(lambda y: score(y, ti), xi))(x, t)
 
 
 def asymmetry(score: ScoreFn, x: Array, times) -> np.ndarray:
     """The exact ``||J - J^T||_F / ||J||_F`` at ``x[i]`` and ``times[i]``: ``(len(times), n)``."""
-    return np.stack([_chunked(lambda y: _asymmetry(score, y, jnp.asarray(float(t))), xi)
-                     for xi, t in zip(x, times)])
+    return _per_point(lambda y, t: _asymmetry(score, y, t), x, times)
 
 
 @eqx.filter_jit
 def _scalar_terms(score, sde, x, t):
-    return jax.vmap(lambda xi: fp.score_fpe_scalar_term(score, xi, t, sde=sde))(x)
+    return jax.vmap(lambda xi, ti: fp.score_fpe_scalar_term(score, xi, ti, sde=sde))(x, t)
 
 
 def scalar_term_samples(score: ScoreFn, sde: SDE, x: Array, times) -> np.ndarray:
@@ -334,8 +452,7 @@ def scalar_term_samples(score: ScoreFn, sde: SDE, x: Array, times) -> np.ndarray
     At the true score it equals ``d_t log q_t + f(t) d``, whose mean over ``q_t`` is
     ``f(t) d`` (``-beta d / 2`` for Song's VP, 0 for VE; digest Sec. 3).
     """
-    return np.stack([_chunked(lambda y: _scalar_terms(score, sde, y, jnp.asarray(float(t))), xi)
-                     for xi, t in zip(x, times)])
+    return _per_point(lambda y, t: _scalar_terms(score, sde, y, t), x, times)
 
 
 class ScaledScore(eqx.Module):
@@ -359,6 +476,11 @@ def _scaling_terms(true, sde, xt, t, c):
     s = jax.vmap(true)(xt, t)
     w = jax.vmap(sde.diffusion)(t) ** 2
     return 0.5 * w * jnp.sum(((c - 1) * s) ** 2, -1), w * jnp.sum(res**2, -1), scal
+
+
+@eqx.filter_jit
+def _perturb(dsm, x0, key):
+    return dsm.perturb(x0, key)
 
 
 def official_loss_along_scaling(
@@ -393,8 +515,8 @@ def official_loss_along_scaling(
         + weight vector + scalar_weight scalar``), arrays over ``factors``.
     """
     dsm = training.DSMLoss(sde, weighting="likelihood", reduction="half_sum", t_min=1e-5)
-    x0 = target.sample(n, key=jax.random.fold_in(key, 0))
-    p = dsm.perturb(x0, jax.random.fold_in(key, 1))
+    x0 = draw(target, n, key=jax.random.fold_in(key, 0))
+    p = _perturb(dsm, x0, jax.random.fold_in(key, 1))
     true = target.score_fn(sde)
 
     out = {k: [] for k in ("score_matching", "vector", "scalar")}
@@ -449,22 +571,26 @@ def hutchinson_vs_exact(score: ScoreFn, x: Array, t: float, *, key: PRNGKeyArray
     return {"exact": exact, "estimate": est, "se": se}
 
 
+@eqx.filter_jit
+def _fd_errors(score, x, t, all_steps):
+    exact = jax.vmap(lambda xi: fp.time_derivative(lambda tt: score(xi, tt), t))(x)
+    errors = []
+    for steps in all_steps:  # static: a tuple of (h_s, h_d) pairs
+        approx = jax.vmap(lambda xi: fp.time_derivative(
+            lambda tt: score(xi, tt), t, method="finite_difference", steps=steps))(x)
+        errors.append(jnp.max(jnp.linalg.norm(approx - exact, axis=-1)
+                              / jnp.linalg.norm(exact, axis=-1)))
+    return jnp.stack(errors)
+
+
 def finite_difference_errors(score: ScoreFn, x: Array, t: float, *, scales) -> np.ndarray:
     """Max over ``x`` of the relative error of the official three-point time derivative with
     steps ``scale * FD_STEPS`` against the exact (forward-mode) derivative, for each scale.
 
     A second-order stencil's error falls by 4 when the steps halve.
     """
-    t = jnp.asarray(float(t))
-    exact = jax.vmap(lambda xi: fp.time_derivative(lambda tt: score(xi, tt), t))(x)
-    errors = []
-    for scale in scales:
-        steps = (scale * fp.FD_STEPS[0], scale * fp.FD_STEPS[1])
-        approx = jax.vmap(lambda xi: fp.time_derivative(
-            lambda tt: score(xi, tt), t, method="finite_difference", steps=steps))(x)
-        errors.append(float(jnp.max(jnp.linalg.norm(approx - exact, axis=-1)
-                                    / jnp.linalg.norm(exact, axis=-1))))
-    return np.asarray(errors)
+    all_steps = tuple((float(c) * fp.FD_STEPS[0], float(c) * fp.FD_STEPS[1]) for c in scales)
+    return np.asarray(_fd_errors(score, x, jnp.asarray(float(t)), all_steps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,6 +613,103 @@ def step_seconds(loss, model, data, *, batch_size: int, repeats: int, key: PRNGK
         jax.block_until_ready(out[2])
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+class BackgroundCompiler:
+    """Compiles jitted programs ahead of time in worker threads while the caller works on.
+
+    XLA releases the GIL while it compiles, so on a CPU with idle cores the programs of a later
+    stage compile while an earlier stage runs. ``programs`` are ``(label, jitted, args)``
+    triples (:func:`chapter_programs`): each is ``jitted.lower(*args).compile()``, which fills
+    the compilation cache that a later call ``jitted(*same-structure args)`` hits. Call
+    :meth:`wait` before the first of those calls: a program still compiling would otherwise be
+    compiled a second time by the caller.
+
+    Args:
+        programs: what to compile, in the order of need.
+        workers: threads (2: one per core of this project's reference machine).
+    """
+
+    def __init__(self, programs, *, workers: int = 2):
+        import concurrent.futures
+
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"BackgroundCompiler: workers must be a positive int, got {workers!r}")
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "odesde-compile")
+        self._futures = [(label, self._pool.submit(self._compile, fn, args))
+                         for label, fn, args in programs]
+        self.seconds: dict[str, float] = {}
+
+    @staticmethod
+    def _compile(fn, args) -> float:
+        start = time.perf_counter()
+        fn.lower(*args).compile()
+        return time.perf_counter() - start
+
+    def wait(self) -> dict[str, float]:
+        """Block until every program is compiled; returns each one's compile seconds (as
+        measured in its thread). A failed compilation raises here, naming its label."""
+        for label, future in self._futures:
+            try:
+                self.seconds[label] = future.result()
+            except Exception as err:
+                raise RuntimeError(f"background compilation of {label!r} failed: {err}") from err
+        self._pool.shutdown()
+        return self.seconds
+
+
+def chapter_programs(targets: dict, configs: dict, sde: SDE, *, lambdas, n_nll: int,
+                     n_scaling: int, key: PRNGKeyArray):
+    """The programs of ``notebooks/score_fpe.ipynb`` from its training on, for
+    :class:`BackgroundCompiler`: per mixture (``targets[name]`` with ``configs[name]``)
+
+    - the training steps of :func:`train_lambda_grid` (DSM at ``lr``, DSM at ``finetune_lr``
+      when it differs, DSM + FP at ``finetune_lr`` if some ``lambda > 0``) and the step of
+      :meth:`TrainConfig.official_loss` (at ``finetune_lr``, for :func:`step_seconds`);
+    - :func:`residual_norms` / :func:`residual_on_grid` and :func:`asymmetry` of a model;
+    - :func:`nll` of a model and of the exact score, on ``n_nll`` points;
+    - :func:`scalar_term_samples` of the exact score and :func:`official_loss_along_scaling`
+      with ``n = n_scaling``;
+
+    and first the initialisation of the models (:meth:`TrainConfig.init_model`). The arguments
+    only give structures and shapes (zeros stand for the parameters: nothing is computed here).
+    Returns ``(label, jitted, args)`` triples.
+    """
+    programs = []
+    chunk_t = np.zeros(CHUNK)
+    for name in targets:
+        programs.append((f"{name}: initialisation", _init_model, (configs[name], sde, key)))
+    for name, target in targets.items():
+        cfg, d = configs[name], target.dim
+        model = jax.tree_util.tree_map(
+            lambda v: np.zeros(v.shape, v.dtype) if isinstance(v, jax.ShapeDtypeStruct) else v,
+            eqx.filter_eval_shape(cfg.init_model, sde, key))
+        steps = [("DSM", cfg.dsm_loss(sde), cfg.lr)]
+        if optimizer(cfg.finetune_lr) is not optimizer(cfg.lr):
+            steps.append(("DSM fine-tune", cfg.dsm_loss(sde), cfg.finetune_lr))
+        if any(float(lam) > 0 for lam in lambdas):
+            steps.append(("DSM + FP", cfg.fp_loss(sde, 1.0), cfg.finetune_lr))
+        steps.append(("official FP", cfg.official_loss(sde), cfg.finetune_lr))
+        for label, loss, lr in steps:
+            opt = optimizer(lr)
+            state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+            programs.append((f"{name}: {label} step", training._train_step,
+                             (model, state, key, loss, opt, target, cfg.batch_size)))
+        chunk_x = np.zeros((CHUNK, d))
+        nll_x = np.zeros((min(n_nll, NLL_CHUNK), d))
+        exact = target.score_fn(sde)
+        dsm = training.DSMLoss(sde, weighting="likelihood", reduction="half_sum", t_min=1e-5)
+        programs += [
+            (f"{name}: model residual", _residuals, (model, sde, chunk_x, chunk_t)),
+            (f"{name}: model NLL", _nll_block, (model, sde, nll_x)),
+            (f"{name}: exact NLL", _nll_block, (exact, sde, nll_x)),
+            (f"{name}: model asymmetry", _asymmetry, (model, chunk_x, chunk_t)),
+            (f"{name}: scalar term", _scalar_terms, (exact, sde, chunk_x, chunk_t)),
+            (f"{name}: perturbation", _perturb, (dsm, np.zeros((n_scaling, d)), key)),
+            (f"{name}: scaled scores", _scaling_terms,
+             (exact, sde, chunk_x, chunk_t, jnp.asarray(1.0))),
+        ]
+    return programs
 
 
 def mean_and_se(values, axis=0) -> tuple[np.ndarray, np.ndarray]:

@@ -11,14 +11,17 @@ terms that the NaN guard names):
   on collocation points uniform in a box, with :meth:`LogDensityFPLoss.deveney`.
 
 Training: :func:`make_optimizer` (optax Adam, warm-up, clipping), :func:`make_step` (one jitted
-step that draws its own data), :func:`train` (tqdm progress, NaN/inf guard, checkpoints,
-resume). Every step ``i`` uses the key ``fold_in(key, i)``, so a run is a pure function of its
+step that draws its own data; :func:`compile_step` compiles it ahead of time), :func:`train`
+(tqdm progress, NaN/inf guard, checkpoints, resume). Loss weights are array leaves and
+:func:`make_optimizer` returns one object per setting, so runs that differ only in weights or
+that repeat a setting share one compiled step. Every step ``i`` uses the key ``fold_in(key, i)``, so a run is a pure function of its
 seed: the same seed gives the same loss curve bit for bit, and a resumed run continues exactly
 the curve of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -45,6 +48,7 @@ __all__ = [
     "deveney_schedule",
     "lai_optimizer",
     "make_step",
+    "compile_step",
     "NonFiniteLossError",
     "TrainResult",
     "train",
@@ -61,6 +65,29 @@ Terms = dict[str, Array]
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r}: allowed are {', '.join(map(repr, allowed))}")
+
+
+def _weight_array(value) -> Array:
+    """A loss weight as a 0-d float array: a traced leaf of the loss, so that one compiled
+    training step serves every value of a weight (a grid of lambdas compiles once)."""
+    return jnp.asarray(value, dtype=float)
+
+
+def _concrete(value) -> float | None:
+    """``float(value)``, or ``None`` for a traced value (a loss rebuilt inside ``jit``)."""
+    try:
+        return float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_weights(owner: str, **weights) -> None:
+    for name, value in weights.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{owner}: {name} must be a scalar, got shape {jnp.shape(value)}")
+        v = _concrete(value)
+        if v is not None and not v >= 0:
+            raise ValueError(f"{owner}: {name} must be >= 0, got {v}")
 
 
 def sample_times(
@@ -182,6 +209,9 @@ class ScoreFPELoss(eqx.Module):
     Terms reported: ``dsm``, ``fp`` (the weighted mean of ``|eps|^power / d^power``) and
     ``scalar`` (the batch norm), unweighted by ``weight`` and ``scalar_weight``.
 
+    ``weight`` and ``scalar_weight`` are stored as 0-d arrays (traced leaves): losses that differ
+    only in their weights share one compiled training step.
+
     Args:
         dsm: the DSM loss (also draws the evaluation points).
         weight: ``alpha_vec`` (the code's ``alpha``), the residual weight ``lambda``.
@@ -198,8 +228,8 @@ class ScoreFPELoss(eqx.Module):
     """
 
     dsm: DSMLoss
-    weight: float = eqx.field(default=1.0, static=True)
-    scalar_weight: float = eqx.field(default=0.0, static=True)
+    weight: Float[Array, ""] = eqx.field(default=1.0, converter=_weight_array)
+    scalar_weight: Float[Array, ""] = eqx.field(default=0.0, converter=_weight_array)
     power: float = eqx.field(default=2.0, static=True)
     fp_weighting: str = eqx.field(default="likelihood", static=True)
     normalise_by_dim: bool = eqx.field(default=True, static=True)
@@ -217,11 +247,9 @@ class ScoreFPELoss(eqx.Module):
         _check_choice(
             "time_derivative_method", self.time_derivative_method, ("exact", "finite_difference")
         )
-        if not (self.weight >= 0 and self.scalar_weight >= 0 and self.power > 0):
-            raise ValueError(
-                "ScoreFPELoss needs weight >= 0, scalar_weight >= 0 and power > 0, got "
-                f"{self.weight}, {self.scalar_weight}, {self.power}"
-            )
+        _check_weights("ScoreFPELoss", weight=self.weight, scalar_weight=self.scalar_weight)
+        if not self.power > 0:
+            raise ValueError(f"ScoreFPELoss: power must be > 0, got {self.power}")
 
     @classmethod
     def lai_official(
@@ -297,7 +325,8 @@ class LogDensityFPLoss(eqx.Module):
     points: ``t`` uniform in ``[t_min, T]``, ``x`` uniform in ``[-half_width, half_width]^d``.
     The model needs a ``potential(x, t)`` method (:class:`odesde.nets.PotentialMLP`). With
     ``weight = 0`` the residual is still evaluated and reported (as the paper logs it) but not
-    differentiated.
+    differentiated. ``weight`` is a 0-d array (a traced leaf): all non-zero weights share one
+    compiled training step; ``weight = 0`` compiles its own, cheaper one (no gradient of ``R``).
 
     Terms reported: ``dsm`` and ``fp`` (``mean R^2``).
 
@@ -312,15 +341,19 @@ class LogDensityFPLoss(eqx.Module):
     """
 
     dsm: DSMLoss
-    weight: float = eqx.field(default=1.0, static=True)
+    weight: Float[Array, ""] = eqx.field(default=1.0, converter=_weight_array)
     num_collocation: int = eqx.field(default=512, static=True)
     half_width: float = eqx.field(default=3.5, static=True)
     t_min: float = eqx.field(default=1e-5, static=True)
     t_max: float | None = eqx.field(default=None, static=True)
+    # Whether the residual enters the gradient: False exactly for a concrete zero weight.
+    _fp_gradient: bool = eqx.field(static=True, init=False, repr=False)
+
+    def __post_init__(self):
+        self._fp_gradient = _concrete(self.weight) != 0.0
 
     def __check_init__(self):
-        if not self.weight >= 0:
-            raise ValueError(f"LogDensityFPLoss: weight must be >= 0, got {self.weight}")
+        _check_weights("LogDensityFPLoss", weight=self.weight)
         if not isinstance(self.num_collocation, int) or self.num_collocation < 1:
             raise ValueError(
                 f"LogDensityFPLoss: num_collocation must be a positive int, got "
@@ -362,7 +395,7 @@ class LogDensityFPLoss(eqx.Module):
         k_dsm, k_col = jax.random.split(key)
         dsm, _ = self.dsm(model, x0, k_dsm)
         fp_term = jnp.mean(self.residual(model, x0.shape, k_col) ** 2)
-        if self.weight == 0:
+        if not self._fp_gradient:
             return dsm, {"dsm": dsm, "fp": jax.lax.stop_gradient(fp_term)}
         return dsm + self.weight * fp_term, {"dsm": dsm, "fp": fp_term}
 
@@ -390,12 +423,23 @@ def make_optimizer(
         b1, b2, eps: Adam's parameters (torch and optax defaults).
 
     Returns:
-        An optax gradient transformation.
+        An optax gradient transformation. Equal arguments give the same object (the jitted
+        training step is keyed on the optimiser, so runs with equal settings share one
+        compilation); an unhashable ``learning_rate`` (an array) gives a new one.
     """
     if warmup_steps < 0:
         raise ValueError(f"make_optimizer: warmup_steps must be >= 0, got {warmup_steps}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"make_optimizer: grad_clip must be > 0 or None, got {grad_clip}")
+    args = (learning_rate, warmup_steps, grad_clip, b1, b2, eps)
+    try:
+        hash(args)
+    except TypeError:
+        return _build_optimizer(*args)
+    return _cached_optimizer(*args)
+
+
+def _build_optimizer(learning_rate, warmup_steps, grad_clip, b1, b2, eps):
     schedule = learning_rate if callable(learning_rate) else optax.constant_schedule(learning_rate)
     if warmup_steps:
         base = schedule
@@ -404,12 +448,27 @@ def make_optimizer(
     return adam if grad_clip is None else optax.chain(optax.clip_by_global_norm(grad_clip), adam)
 
 
+# Keyed on the arguments' values (1e-3 == 0.001; a schedule by identity).
+_cached_optimizer = functools.lru_cache(maxsize=256)(_build_optimizer)
+
+
 def deveney_schedule(num_steps: int, learning_rate: float = 1e-3) -> optax.Schedule:
     """Deveney et al.'s three stages (digest, Sec. 4): ``lr`` for 25 % of the steps, ``lr/10``
     for 65 %, ``lr/100`` for 10 %. Deviation (digest D3): one Adam state throughout, whereas the
-    code re-creates Adam at each stage."""
+    code re-creates Adam at each stage. Equal arguments give the same schedule object, hence
+    (through :func:`make_optimizer`) the same optimiser and one compiled step."""
+    try:
+        return _cached_deveney_schedule(num_steps, learning_rate)
+    except TypeError:  # unhashable learning rate
+        return _build_deveney_schedule(num_steps, learning_rate)
+
+
+def _build_deveney_schedule(num_steps, learning_rate):
     b1, b2 = int(0.25 * num_steps), int(0.9 * num_steps)
     return optax.piecewise_constant_schedule(learning_rate, {b1: 0.1, b2: 0.1})
+
+
+_cached_deveney_schedule = functools.lru_cache(maxsize=256)(_build_deveney_schedule)
 
 
 def lai_optimizer() -> optax.GradientTransformation:
@@ -470,6 +529,32 @@ def make_step(loss, optimizer: optax.GradientTransformation, data, batch_size: i
         return _train_step(model, opt_state, key, loss, optimizer, data, batch_size)
 
     return step
+
+
+def compile_step(loss, optimizer: optax.GradientTransformation, data, batch_size: int, model, *,
+                 key: PRNGKeyArray | None = None):
+    """Compile the step of :func:`make_step` ahead of time, e.g. in a background thread while
+    other work runs.
+
+    Compilation is cached: a later step with a loss and data of the same structure (equal static
+    fields, arrays of equal shapes), the same optimiser object, the same batch size and a model
+    shaped like ``model`` runs without compiling again.
+
+    Args:
+        loss, optimizer, data, batch_size: as for :func:`make_step`.
+        model: a model of the structure to be trained (its values do not matter).
+        key: a key of the kind the training will use; default ``jax.random.key(0)`` (the typed
+            keys of :func:`jax.random.key`).
+
+    Returns:
+        The compiled step (a ``jax.stages.Compiled``).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"compile_step: batch_size must be a positive int, got {batch_size!r}")
+    _check_data(data)
+    key = jax.random.key(0) if key is None else key
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return _train_step.lower(model, opt_state, key, loss, optimizer, data, batch_size).compile()
 
 
 class NonFiniteLossError(FloatingPointError):
