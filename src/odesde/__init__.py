@@ -47,4 +47,5 @@ __all__ = [
     "sample", "samplers", "score_fpe_residual", "sde", "solve_fp", "spectra", "targets",
     "train", "train_control", "training", "w2_table", "w2_to_data",
 ]
+from . import control_study  # noqa: E402,F401  (the controllability chapter's experiments)
 from . import ode_sde_study  # noqa: E402,F401  (the ODE–SDE gap chapter's retrained experiment)

@@ -170,7 +170,10 @@ def results_overview(project: Project, notebooks: list[str]) -> str:
         "Every reproduced number, inequality and trend of the book, with the paper's value and",
         "the book's, generated from the checks that end each chapter (`odesde.checks`) in the",
         "run that built this book. A check that does not hold fails its notebook, so a built",
-        "book lists only checks that held; the *status* says of what kind each is.",
+        "book lists only checks that held, with one exception: criteria a chapter names in",
+        "advance as possibly out of reach (reconstructed thresholds, trends a budget cannot",
+        "show) are listed as *differs* when they do not hold, with the reason, and the chapter",
+        "discusses them. The *status* says of what kind each entry is.",
         "",
     ]
     for name in notebooks:
@@ -185,6 +188,8 @@ def results_overview(project: Project, notebooks: list[str]) -> str:
                   "| claim | paper | book | tolerance | status |", "|---|---|---|---|---|"]
         for check in record["checks"]:
             status = _STATUS.get((check["kind"], check["passed"]), "differs" if not check["passed"] else "holds")
+            if check.get("note"):
+                status += f": {check['note']}"
             cells = [check["claim"], check["paper"], check["book"], check["tolerance"], status]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
         lines.append("")

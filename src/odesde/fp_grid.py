@@ -590,8 +590,10 @@ def ode_log_density(
             f"ode_log_density: need tau_end > tau_start, got tau_end={tau_end}, tau_start={tau_start}"
         )
     flat = points.reshape(-1, points.shape[-1])
+    # Times as arrays (traced): one compilation serves every end time (snapshots, sweeps).
     out = _ode_log_density(
-        velocity, log_prob0, flat, float(tau_end), float(tau_start), rtol, atol, max_steps
+        velocity, log_prob0, flat, jnp.asarray(tau_end, dtype=float),
+        jnp.asarray(tau_start, dtype=float), rtol, atol, max_steps,
     )
     return out.reshape(points.shape[:-1])
 

@@ -1,0 +1,155 @@
+"""The controllability chapter's orchestration (odesde.control_study), on small grids."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from odesde import control_study as cs
+from odesde.fp_grid import Grid
+
+OU = cs.ou_process(3.0)
+
+
+def small_setup(n=64, target="two-intervals", t_min=0.02):
+    return cs.Setup(OU, cs.make_target(target), Grid(n, 6.0), t_min)
+
+
+def test_targets_setup_and_bad_inputs():
+    two = cs.make_target("two-intervals", gap=1.0)
+    np.testing.assert_allclose(np.asarray(two.lows)[:, 0], [-1.5, 0.5])
+    np.testing.assert_allclose(np.asarray(two.highs)[:, 0], [-0.5, 1.5])
+    with pytest.raises(ValueError, match="target must be one of"):
+        cs.make_target("checker")
+    with pytest.raises(ValueError, match="gap must be > 0"):
+        cs.make_target("two-intervals", gap=0.0)
+    with pytest.raises(ValueError, match="T must be > 0"):
+        cs.ou_process(0.0)
+    with pytest.raises(ValueError, match="t_min must lie in"):
+        cs.Setup(OU, two, Grid(32, 6.0), 3.5)
+    with pytest.raises(ValueError, match="1-D odesde Grid"):
+        cs.Setup(OU, two, Grid(8, 6.0, dim=2), 0.01)
+    setup = small_setup()
+    assert setup.horizon == pytest.approx(2.98)
+    assert float(setup.grid.mass(setup.start())) == pytest.approx(1.0, rel=1e-14)
+    with pytest.raises(ValueError, match="num_snapshots=3 must divide num_steps=100"):
+        cs.e0_sanity(setup, num_steps=100, num_snapshots=3, num_particles=10)
+    with pytest.raises(ValueError, match="etas must be"):
+        cs.e1_sweep(setup, [], [1], num_steps=10, num_snapshots=1, num_particles=10)
+    with pytest.raises(ValueError, match="multiple of every K"):
+        cs.e3_controls(small_setup(target="mixture"), intervals=[3], key=jax.random.key(0), adam_steps=1,
+                       solver_steps=8, num_snapshots=2, num_particles=10)
+    with pytest.raises(ValueError, match="budgets entry must be an int >= 1"):
+        cs.e2_dsm(setup, budgets=[0], widths=[4], key=jax.random.key(0), num_steps=10, num_particles=10)
+
+
+def test_e0_exact_score_both_samplers_recover_the_target():
+    setup = small_setup()
+    e0 = cs.e0_sanity(setup, num_steps=100, num_snapshots=2, num_particles=500)
+    assert e0["sde"].shape == e0["ode"].shape == e0["exact"].shape == (3, 64)
+    assert e0["times"][0] == 3.0 and e0["times"][-1] == pytest.approx(0.02, rel=1e-12)
+    assert e0["sde_mass_drift"] < 1e-12 and e0["sde_min"] >= 0.0
+    # The ODE is exact up to the characteristics' tolerance; the SDE up to the grid.
+    assert e0["ode_errors"].rel_l2 < 1e-5
+    assert e0["ode_errors"].w2 < 1e-3
+    assert 1e-4 < e0["sde_errors"].rel_l2 < 0.05
+    assert e0["prior_mismatch"] < 5e-3  # O(e^{-T}) with T = 3
+
+
+def test_particle_w2_of_a_shift_is_the_shift():
+    setup = small_setup()
+    u = cs.quantile_levels(1000)
+    q = cs.exact_quantiles(setup, 0.5, u)
+    assert cs.particle_w2(setup, q, 0.5) == pytest.approx(0.0, abs=1e-12)
+    assert cs.particle_w2(setup, q[::-1] + 0.1, 0.5) == pytest.approx(0.1, rel=1e-9)
+    # The particle L2 of the exact density at its own quantiles is 0; of a shifted copy, the L2
+    # of the shift (computed on the grid for comparison).
+    log_p = setup.log_prob(0.5)
+    assert cs.particle_l2(setup, q, log_p(q[:, None]), 0.5) < 2e-3
+    fine = Grid(1 << 14, 6.0)
+    shifted = fine.density(lambda x: log_p(x - 0.3))
+    expected = float(fine.l2(shifted, fine.density(log_p)))
+    assert cs.particle_l2(setup, q + 0.3, log_p(q[:, None]), 0.5) == pytest.approx(expected, rel=1e-3)
+
+
+def test_e1_sde_bounded_ode_grows_with_frequency():
+    setup = small_setup(n=128)
+    e1 = cs.e1_sweep(setup, [0.05], [1, 4], num_steps=100, num_snapshots=2, num_particles=500,
+                     progress=False)
+    assert e1["sde_l2"].shape == (1, 2) and e1["sde_l2_tau"].shape == (1, 2, 3)
+    assert e1["sde_final"].shape == (1, 2, 128)
+    assert np.all(np.isfinite(e1["ode_w2"]))
+    # The particle L2 (log-Jacobian, quantile levels) agrees with the cell-centre L2 where the
+    # ODE's density is resolved on the grid (k = 1).
+    assert e1["ode_l2"][0, 0] == pytest.approx(e1["ode_l2_grid"][0, 0], rel=0.02)
+    # The claim E1 illustrates: the ODE's L2 error grows with k, the SDE's does not.
+    assert e1["ode_l2"][0, 1] > 1.5 * e1["ode_l2"][0, 0]
+    assert e1["sde_l2"][0, 1] < e1["sde_l2"][0, 0]
+    assert np.all(e1["sde_l2"] < e1["ode_l2"])
+    # The curve starts at the exact p_T (renormalised on the grid: a 1e-9 change).
+    assert e1["sde_l2_tau"][0, 0, 0] < 1e-6
+
+
+def test_log_time_dsm_prefers_the_exact_score():
+    setup = small_setup()
+    loss = cs.LogTimeDSM(OU, 0.02)
+    x0 = setup.target.sample(4096, key=jax.random.key(0))
+    exact = setup.target.score_fn(OU)
+    zero = lambda x, t: jnp.zeros_like(x)  # noqa: E731
+    l_exact, terms = loss(exact, x0, jax.random.key(1))
+    l_zero, _ = loss(zero, x0, jax.random.key(1))
+    assert float(l_exact) < float(l_zero)
+    assert set(terms) == {"dsm"}
+
+
+def test_e2_records_per_budget():
+    setup = small_setup(n=32)
+    records = cs.e2_dsm(setup, budgets=[3, 1], widths=[4], key=jax.random.key(0), num_steps=40,
+                        num_particles=100, num_times=8, progress=False)
+    assert [r["steps"] for r in records] == [1, 3]
+    for r in records:
+        assert math.isfinite(r["score_error"]) and r["score_error"] > 0
+        assert math.isfinite(r["sde"].l2) and math.isfinite(r["ode"].w2)
+
+
+def test_e3_controls_small_run():
+    setup = cs.Setup(OU, cs.make_target("mixture"), Grid(24, 5.0), 0.5)
+    out = cs.e3_controls(setup, intervals=[1, 2], key=jax.random.key(0), adam_steps=3,
+                         solver_steps=8, num_snapshots=2, num_particles=50, baseline_width=4,
+                         progress=False)
+    assert out["sde_sup_l2"].shape == (2,) and out["ode_final_l2"].shape == (2,)
+    assert out["reference"].shape == (3, 24) and out["trajectory_sde"].shape == (3, 24)
+    assert set(out["controls_sde"]) == {1, 2}
+    assert np.all(out["sde_sup_l2"] >= out["sde_final_l2"])
+    assert out["initial_w2"] > 0.1
+    assert len(out["losses_wide"]) == 3
+
+
+def test_e4_ode_budget_grows_with_the_gap():
+    records = cs.e4_tradeoff([0.5, 2.0], sde=OU, grid=Grid(64, 6.0), t_min=0.02, num_steps=60,
+                             num_particles=200, eta=0.05, frequency=2.0, num_times=40, progress=False)
+    assert records[1]["ode_budget"] > 3 * records[0]["ode_budget"]
+    for r in records:
+        assert 0 < r["gap_mass"][0] < 1
+        assert r["sde_budget"] > 0
+
+
+def test_solver_convergence_and_w2_against_pot():
+    conv = cs.solver_convergence(cs.bimodal_mixture(), OU, [32, 64, 128], t_min=0.05)
+    assert conv["mass_drift"] < 1e-12
+    assert np.all(np.diff(conv["errors"]) < 0) and np.all(conv["orders"] >= 0.9), conv
+    grid = Grid(200, 6.0)
+    setup = cs.Setup(OU, cs.make_target("two-intervals"), grid, 0.02)
+    chk = cs.w2_against_pot(grid, setup.exact(3.0), setup.exact(0.02), num_samples=100_000,
+                            key=jax.random.key(0))
+    assert chk["pot"] == pytest.approx(chk["exact"], rel=0.02)
+
+
+def test_rank_correlation_and_slope():
+    assert cs.spearman([1, 2, 3], [10, 30, 20]) == pytest.approx(0.5)
+    assert cs.loglog_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        cs.spearman([1], [2])
+
