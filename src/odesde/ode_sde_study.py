@@ -45,7 +45,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm import tqdm
 
 from . import fokker_planck as fp
-from . import metrics, nets, samplers, targets, training
+from . import metrics, nets, provenance, samplers, targets, training
 from .sde import OUSDE
 
 __all__ = [
@@ -224,22 +224,11 @@ def model_at(models, *index: int):
 # Training
 
 
-def _fingerprint(value) -> Any:
-    if isinstance(value, eqx.Module):
-        leaves, treedef = jax.tree_util.tree_flatten(value)
-        return {"type": type(value).__name__, "tree": str(treedef),
-                "leaves": [_fingerprint(leaf) for leaf in leaves]}
-    if isinstance(value, (jax.Array, np.ndarray)):
-        arr = np.ascontiguousarray(np.asarray(value, dtype=np.float64))
-        return {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-    return value
-
-
 def checkpoint_name(config: StudyConfig, *, datasets, weights, seed: int) -> str:
     """A file name hashing every training parameter (config, data sets and their parameters,
     weights, seed)."""
     spec = {"config": dataclasses.asdict(config), "datasets": list(datasets),
-            "targets": [_fingerprint(make_target(d)) for d in datasets],
+            "targets": [provenance.fingerprint(make_target(d)) for d in datasets],
             "weights": [float(w) for w in weights], "seed": int(seed), "format": 1}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return (f"ode_sde_gap-{'-'.join(datasets)}-{len(weights)}w-{config.num_steps}steps-"

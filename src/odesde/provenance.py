@@ -31,6 +31,23 @@ def find_root(start: Path | None = None) -> Path | None:
     return None
 
 
+def fingerprint(value: Any) -> Any:
+    """A JSON-able, exact description of a parameter: equinox modules by type, tree and leaves,
+    arrays by the sha256 of their float64 bytes; other values as they are. For file names that
+    hash every training parameter."""
+    import equinox as eqx
+    import jax
+
+    if isinstance(value, eqx.Module):
+        leaves, treedef = jax.tree_util.tree_flatten(value)
+        return {"type": type(value).__name__, "tree": str(treedef),
+                "leaves": [fingerprint(leaf) for leaf in leaves]}
+    if isinstance(value, (jax.Array, np.ndarray)):
+        arr = np.ascontiguousarray(np.asarray(value, dtype=np.float64))
+        return {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    return value
+
+
 def machine() -> dict[str, Any]:
     """The machine a notebook ran on: CPU model, usable cores, system; for the timing tables."""
     cpu = platform.processor() or platform.machine()

@@ -48,7 +48,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import fokker_planck as fp
-from . import flow, metrics, nets, training
+from . import flow, metrics, nets, provenance, training
 from .sde import SDE
 from .targets import GaussianMixture
 
@@ -175,18 +175,6 @@ class LambdaFPLoss(eqx.Module):
         return terms["dsm"] + self.lam * terms["fp"], terms
 
 
-def _fingerprint(value) -> Any:
-    """A JSON-able, exact description of a parameter (arrays by their float64 bytes' sha256)."""
-    if isinstance(value, eqx.Module):
-        leaves, treedef = jax.tree_util.tree_flatten(value)
-        return {"type": type(value).__name__, "tree": str(treedef),
-                "leaves": [_fingerprint(leaf) for leaf in leaves]}
-    if isinstance(value, (jax.Array, np.ndarray)):
-        arr = np.ascontiguousarray(np.asarray(value, dtype=np.float64))
-        return {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-    return value
-
-
 def checkpoint_name(stage: str, config: TrainConfig, *, seed: int, sde: SDE, target,
                     lam: float | None = None) -> str:
     """A checkpoint file name keyed on every training parameter.
@@ -195,8 +183,8 @@ def checkpoint_name(stage: str, config: TrainConfig, *, seed: int, sde: SDE, tar
     sha256 of (config, seed, lambda, the SDE's and the target's parameters).
     """
     spec = {"stage": stage, "config": dataclasses.asdict(config), "seed": int(seed),
-            "lam": None if lam is None else float(lam), "sde": _fingerprint(sde),
-            "target": _fingerprint(target), "format": 1}
+            "lam": None if lam is None else float(lam), "sde": provenance.fingerprint(sde),
+            "target": provenance.fingerprint(target), "format": 1}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     lam_text = "" if lam is None else f"-lam{lam:.0e}".replace("+", "")
     return f"score_fpe-{stage}-d{config.dim}-seed{seed}{lam_text}-{digest}.eqx"
