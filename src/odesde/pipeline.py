@@ -250,6 +250,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     # programs whose shapes changed. Results do not depend on it (the same programs either way).
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", job["jax_cache"])
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    # Trained models live with the build they belong to, so `--build-dir` (or `make clean`)
+    # gives a run that trains from scratch.
+    os.environ.setdefault("ODESDE_MODELS", job["models"])
     output = staging / "notebook.ipynb"
     start = time.perf_counter()
     error = ""
@@ -361,6 +364,7 @@ def run(
                 "cwd": str(project.notebooks_dir), "jupyter_path": jupyter_path,
                 "progress": progress and jobs == 1, "jobs": jobs,
                 "jax_cache": str(project.build_dir / "jax-cache"),
+                "models": str(project.build_dir / "models"),
                 "staging": str(project.cache_dir / f".tmp-{job.name}-{uuid.uuid4().hex[:8]}"),
             }
             for job in to_run
