@@ -403,3 +403,20 @@ def test_bad_inputs_raise_clear_errors():
         PiecewiseControl(1, 0, 1.0, key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_steps"):
         train_control(PiecewiseControl(1, 1, 1.0, key=jax.random.key(0)), lambda c, k: 0.0, num_steps=0, key=jax.random.key(0))
+
+
+def test_piecewise_control_capacity_and_active_intervals():
+    horizon = 2.0
+    big = PiecewiseControl(2, 3, horizon, key=jax.random.key(0), capacity=5)
+    assert big.W.shape == (5, 2, 2) and int(big.num_intervals) == 3
+    small = eqx.tree_at(lambda c: (c.W, c.A, c.b), PiecewiseControl(2, 3, horizon, key=jax.random.key(1)),
+                        (big.W[:3], big.A[:3], big.b[:3]))
+    x = jnp.array([0.3, -0.7])
+    for tau in (0.0, 0.5, 0.7, 1.4, 1.99, 2.0):
+        np.testing.assert_array_equal(big(x, tau), small(x, tau))
+    assert [int(big.interval(t)) for t in (0.0, 0.7, 1.4, 2.5)] == [0, 1, 2, 2]
+    # The rows beyond K get zero gradients (Adam leaves them where they are).
+    grads = eqx.filter_grad(lambda c: jnp.sum(jax.vmap(lambda t: c(x, t))(jnp.linspace(0, horizon, 9)) ** 2))(big)
+    assert np.all(np.asarray(grads.W[3:]) == 0) and np.any(np.asarray(grads.W[:3]) != 0)
+    with pytest.raises(ValueError, match="capacity=2 must be >= num_intervals=3"):
+        PiecewiseControl(1, 3, 1.0, key=jax.random.key(0), capacity=2)

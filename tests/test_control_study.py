@@ -29,8 +29,10 @@ def test_targets_setup_and_bad_inputs():
         cs.ou_process(0.0)
     with pytest.raises(ValueError, match="t_min must lie in"):
         cs.Setup(OU, two, Grid(32, 6.0), 3.5)
-    with pytest.raises(ValueError, match="1-D odesde Grid"):
+    with pytest.raises(ValueError, match="Grid of the target's dimension 1"):
         cs.Setup(OU, two, Grid(8, 6.0, dim=2), 0.01)
+    with pytest.raises(ValueError, match="Grid of the target's dimension 2"):
+        cs.Setup(OU, cs.make_target("mixture-2d"), Grid(8, 6.0), 0.01)
     setup = small_setup()
     assert setup.horizon == pytest.approx(2.98)
     assert float(setup.grid.mass(setup.start())) == pytest.approx(1.0, rel=1e-14)
@@ -104,27 +106,117 @@ def test_log_time_dsm_prefers_the_exact_score():
     assert set(terms) == {"dsm"}
 
 
-def test_e2_records_per_budget():
+def test_e2_records_per_budget_and_seed():
     setup = small_setup(n=32)
-    records = cs.e2_dsm(setup, budgets=[3, 1], widths=[4], key=jax.random.key(0), num_steps=40,
-                        num_particles=100, num_times=8, progress=False)
-    assert [r["steps"] for r in records] == [1, 3]
+    kw = dict(budgets=[3, 1], widths=[4], key=jax.random.key(0), num_steps=40, num_particles=100,
+              num_times=8, progress=False)
+    records = cs.e2_dsm(setup, n_seeds=2, **kw)
+    assert [(r["seed"], r["steps"]) for r in records] == [(0, 1), (0, 3), (1, 1), (1, 3)]
     for r in records:
         assert math.isfinite(r["score_error"]) and r["score_error"] > 0
         assert math.isfinite(r["sde"].l2) and math.isfinite(r["ode"].w2)
+    # Seeds differ; seed 0 of a two-seed run is the one-seed run (keys from fold_in).
+    assert records[0]["score_error"] != records[2]["score_error"]
+    one = cs.e2_dsm(setup, n_seeds=1, **kw)
+    assert one[1]["score_error"] == records[1]["score_error"]
+    summary = cs.e2_summary(records)
+    np.testing.assert_array_equal(summary["steps"], [1, 3])
+    roots = np.sqrt([records[1]["score_error"], records[3]["score_error"]])
+    assert summary["root_err_mean"][1] == pytest.approx(roots.mean())
+    assert summary["root_err_sd"][1] == pytest.approx(roots.std(ddof=1))
 
 
 def test_e3_controls_small_run():
     setup = cs.Setup(OU, cs.make_target("mixture"), Grid(24, 5.0), 0.5)
-    out = cs.e3_controls(setup, intervals=[1, 2], key=jax.random.key(0), adam_steps=3,
-                         solver_steps=8, num_snapshots=2, num_particles=50, baseline_width=4,
-                         progress=False)
+    kw = dict(intervals=[1, 2], key=jax.random.key(0), adam_steps=3, solver_steps=8,
+              num_snapshots=2, num_particles=50, baseline_width=4, progress=False)
+    out = cs.e3_controls(setup, n_seeds=2, **kw)
     assert out["sde_sup_l2"].shape == (2,) and out["ode_final_l2"].shape == (2,)
+    assert out["sde_sup_l2_seeds"].shape == (2, 2) and out["wide_sup_l2_seeds"].shape == (2,)
+    np.testing.assert_allclose(out["sde_sup_l2"], out["sde_sup_l2_seeds"].mean(0))
     assert out["reference"].shape == (3, 24) and out["trajectory_sde"].shape == (3, 24)
     assert set(out["controls_sde"]) == {1, 2}
     assert np.all(out["sde_sup_l2"] >= out["sde_final_l2"])
     assert out["initial_w2"] > 0.1
     assert len(out["losses_wide"]) == 3
+    # All (K, seed) pairs train as one stack, exactly as separate runs: seed 0 at K = 2 alone
+    # (same capacity, the largest K) is that member of the two-seed, two-K stack.
+    one = cs.e3_controls(setup, n_seeds=1, **{**kw, "intervals": [2]})
+    for name in ("sde_sup_l2", "ode_sup_w2", "ode_final_l2"):
+        np.testing.assert_allclose(one[f"{name}_seeds"][0, 0], out[f"{name}_seeds"][0, 1], rtol=1e-9)
+    np.testing.assert_allclose(one["wide_sup_l2"], out["wide_sup_l2_seeds"][0], rtol=1e-9)
+    assert not np.allclose(out["sde_sup_l2_seeds"][0], out["sde_sup_l2_seeds"][1])
+
+
+def test_e3_controls_2d_width_two():
+    setup = cs.Setup(OU, cs.make_target("mixture-2d"), Grid(12, 4.5, dim=2), 0.5)
+    out = cs.e3_controls(setup, intervals=[1, 2], key=jax.random.key(0), adam_steps=2,
+                         solver_steps=8, num_snapshots=2, baseline_width=4, n_seeds=2,
+                         progress=False)
+    assert out["dim"] == 2 and "ode_sup_w2" not in out
+    assert out["controls_sde"][2].W.shape == (2, 2, 2)  # K x d x d: width d = 2
+    assert out["sde_sup_l2_seeds"].shape == (2, 2) and np.all(np.isfinite(out["sde_sup_l2"]))
+    assert out["reference"].shape == (3, 12, 12) and out["trajectory_wide"].shape == (3, 12, 12)
+    with pytest.raises(ValueError, match="1-D only"):
+        cs.e3_controls(setup, intervals=[1], key=jax.random.key(0), adam_steps=1, solver_steps=8,
+                       num_snapshots=2, ode=True)
+
+
+def test_mixture_score_is_the_targets_score():
+    target = cs.make_target("mixture-2d")
+    x = jax.random.normal(jax.random.key(0), (7, 2))
+    for t in (0.01, 0.3, 3.0):
+        fast = jax.vmap(cs.MixtureScore(target, OU), (0, None))(x, t)
+        ref = jax.vmap(target.score_fn(OU), (0, None))(x, t)
+        np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-12)
+    assert isinstance(cs.exact_score(target, OU), cs.MixtureScore)
+    assert not isinstance(cs.exact_score(cs.make_target("mixture"), OU), cs.MixtureScore)
+
+
+def test_score_profile_is_field_profile_of_both_fields():
+    from odesde.control import field_profile
+    from odesde.fp_grid import ReverseODE, ReverseSDE
+
+    setup = small_setup()
+    score = setup.target.score_fn(OU)
+    times = np.geomspace(0.02, 3.0, 45)  # two blocks, the second padded
+    pts = cs.fine_points(setup.grid, 401)
+    prof = cs.score_profile(score, OU, times, pts)
+    assert prof.lipschitz.shape == (45,)
+    np.testing.assert_allclose(prof.lipschitz, field_profile(score, times, pts).lipschitz, rtol=1e-12)
+    ode = field_profile(lambda x, t: ReverseODE(OU, score)(x, OU.T - t), times, pts)
+    sde = field_profile(lambda x, t: ReverseSDE(OU, score).drift(x, OU.T - t), times, pts)
+    np.testing.assert_allclose(prof.ode_expansion, ode.max_expansion, rtol=1e-12)
+    np.testing.assert_allclose(prof.sde_sup, sde.sup_norm, rtol=1e-12)
+
+
+def test_e0_sanity_2d_and_the_2d_w2_check():
+    setup = cs.Setup(OU, cs.make_target("mixture-2d"), Grid(32, 4.5, dim=2), 0.05)
+    e0 = cs.e0_sanity_2d(setup, num_steps=40, num_snapshots=2, num_samples=300,
+                         key=jax.random.key(0), particle_steps=60, n_seeds=2)
+    assert e0["sde"].shape == e0["ode"].shape == e0["exact"].shape == (3, 32, 32)
+    assert e0["sde_mass_drift"] < 1e-12 and e0["sde_min"] >= 0.0
+    assert e0["ode_errors"].rel_l2 < 1e-4 < e0["sde_errors"].rel_l2 < 0.1
+    assert e0["w2_seeds"].shape == (2, 3) and np.all(e0["w2_sd"] > 0)
+    # At 300 samples the sample W2 of both samplers is the sampling noise.
+    for e in (e0["sde_errors"], e0["ode_errors"]):
+        assert e.w2 < 1.5 * e0["w2_floor"]
+    chk = cs.w2_grid_against_pot_2d(setup, 3.0, 0.05, num_samples=500, key=jax.random.key(1))
+    assert chk["coarsen"] == 1 and chk["pot"] == pytest.approx(chk["grid"], rel=0.1)
+    x = cs.grid_samples(setup.grid, setup.exact(0.05), 1000, key=jax.random.key(2))
+    assert x.shape == (1000, 2) and np.all(np.abs(x) <= 4.5)
+    assert cs.emd_w2(x, x + np.array([0.3, 0.4])) == pytest.approx(0.5, rel=1e-9)
+
+
+def test_background_returns_and_raises():
+    job = cs.Background(lambda a, b=1: a + b, 2, b=3)
+    assert job.result() == 5 and job.seconds >= 0
+
+    def fail():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        cs.Background(fail).result()
 
 
 def test_e4_ode_budget_grows_with_the_gap():

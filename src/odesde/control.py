@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from tqdm import tqdm  # text bars: no widget state in executed notebooks
 
 from .fp_grid import Grid, VectorField, push_particles, solve_fp
@@ -73,6 +73,11 @@ class PiecewiseControl(eqx.Module):
     drift at step midpoints, so steps that do not straddle a switch see one control (use uniform
     steps, a multiple of ``K`` in number).
 
+    ``K`` is an array field (:attr:`active`), not a shape: the weight arrays have ``capacity >=
+    K`` rows, of which the first ``K`` are used (the others get zero gradients and stay at their
+    initial values). Controls with different ``K`` and one capacity therefore share their
+    compiled programs, and can be trained together as one stack (E3's sweep over ``K``).
+
     Args:
         dim: ``d``.
         num_intervals: ``K``.
@@ -81,11 +86,13 @@ class PiecewiseControl(eqx.Module):
         key: PRNG key for the initial weights: ``A, b ~ N(0, 1)``, ``W ~ N(0, init_scale^2)``.
         init_scale: standard deviation of the initial ``W`` (small: the initial drift is mild).
         activation: ``sigma``, with ``sigma(0) = 0`` for the single-neuron argument of the digest.
+        capacity: rows of the weight arrays (default ``K``; at least ``K``).
     """
 
-    W: Float[Array, "K d n"]
-    A: Float[Array, "K n d"]
-    b: Float[Array, "K n"]
+    W: Float[Array, "C d n"]
+    A: Float[Array, "C n d"]
+    b: Float[Array, "C n"]
+    active: Int[Array, ""]
     horizon: float = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
 
@@ -99,27 +106,34 @@ class PiecewiseControl(eqx.Module):
         width: int | None = None,
         init_scale: float = 0.1,
         activation: Callable = jnp.tanh,
+        capacity: int | None = None,
     ):
         dim = _positive_int("PiecewiseControl: dim", dim)
         k = _positive_int("PiecewiseControl: num_intervals", num_intervals)
         n = dim if width is None else _positive_int("PiecewiseControl: width", width)
+        rows = k if capacity is None else _positive_int("PiecewiseControl: capacity", capacity)
+        if rows < k:
+            raise ValueError(f"PiecewiseControl: capacity={rows} must be >= num_intervals={k}")
         if not horizon > 0:
             raise ValueError(f"PiecewiseControl: horizon must be > 0, got {horizon!r}")
         kw, ka, kb = jax.random.split(key, 3)
-        self.W = init_scale * jax.random.normal(kw, (k, dim, n))
-        self.A = jax.random.normal(ka, (k, n, dim))
-        self.b = jax.random.normal(kb, (k, n))
+        self.W = init_scale * jax.random.normal(kw, (rows, dim, n))
+        self.A = jax.random.normal(ka, (rows, n, dim))
+        self.b = jax.random.normal(kb, (rows, n))
+        self.active = jnp.asarray(k, dtype=int)
         self.horizon = float(horizon)
         self.activation = activation
 
     @property
-    def num_intervals(self) -> int:
-        return self.W.shape[0]
+    def num_intervals(self) -> Array:
+        """``K`` (an array: a traced value inside ``jit``)."""
+        return self.active
 
     def interval(self, tau: Scalar) -> Array:
         """The index ``k`` of the interval holding ``tau`` (clipped to ``0..K-1``)."""
-        k = jnp.floor(jnp.asarray(tau) / self.horizon * self.num_intervals).astype(int)
-        return jnp.clip(k, 0, self.num_intervals - 1)
+        tau = jnp.asarray(tau, dtype=float)
+        k = jnp.floor(tau / self.horizon * self.active.astype(float)).astype(int)
+        return jnp.clip(k, 0, self.active - 1)
 
     def __call__(self, x: Float[Array, " d"], tau: Scalar) -> Float[Array, " d"]:
         k = self.interval(tau)

@@ -6,11 +6,16 @@ built on :mod:`odesde.fp_grid` (grid solver, characteristics, grid metrics) and
 :mod:`odesde.control` (perturbed scores, controls, training). The notebook stays thin: it picks
 parameters, calls these functions, draws and checks.
 
-- :class:`Setup`: the OU process, a target with exact marginals, a grid and the early-stop time.
-- :func:`e0_sanity`: exact scores, reverse SDE (grid) and PF-ODE (characteristics), snapshots.
+- :class:`Setup`: the OU process, a target with exact marginals, a grid (1-D or 2-D) and the
+  early-stop time.
+- :func:`e0_sanity`: exact scores, reverse SDE (grid) and PF-ODE (characteristics), snapshots;
+  :func:`e0_sanity_2d` the same in 2-D with POT W2 on samples; :func:`score_profile` the
+  score's Lipschitz constant and E4's budgets (one program).
 - :func:`e1_sweep`: the score perturbation ``c_k(t) sin(k x)`` of fixed ``L2(p_t)`` size.
-- :func:`e2_dsm`: DSM-trained scores, terminal errors against the weighted score error.
-- :func:`e3_controls`: width-``d`` piecewise-constant controls against a wide baseline.
+- :func:`e2_dsm`: DSM-trained scores per seed, terminal errors against the weighted score error.
+- :func:`e3_controls`: width-``d`` piecewise-constant controls (``d`` = 1, 2) against a wide
+  baseline, the seeds trained as one stack (:class:`SeedSum`).
+- :class:`Background`: an independent experiment in a worker thread while the next ones run.
 - :func:`e4_tradeoff`: the disconnected-support budgets (descriptive).
 - :func:`solver_convergence`, :func:`w2_against_pot`: checks of the solver and the metrics.
 - :func:`ode_particles_with_density`, :func:`particle_l2`, :func:`particle_w2`: the ODE's L2 and
@@ -26,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+import time
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -42,7 +48,6 @@ from .control import (
     QuantileW2Loss,
     SinePerturbedScore,
     TrackingLoss,
-    field_profile,
     train_control,
     weighted_score_error,
 )
@@ -64,15 +69,29 @@ __all__ = [
     "TARGETS",
     "ou_process",
     "make_target",
+    "MixtureScore",
+    "exact_score",
     "Setup",
     "Errors",
     "errors",
+    "bimodal_mixture",
+    "bimodal_mixture_2d",
     "e0_sanity",
+    "e0_sanity_2d",
+    "grid_samples",
+    "emd_w2",
+    "w2_grid_against_pot_2d",
     "forward_snapshots",
     "score_lipschitz",
+    "ScoreProfile",
+    "score_profile",
     "e1_sweep",
     "LogTimeDSM",
     "e2_dsm",
+    "e2_summary",
+    "SeedSum",
+    "stack_controls",
+    "unstack",
     "e3_controls",
     "e4_tradeoff",
     "solver_convergence",
@@ -84,11 +103,13 @@ __all__ = [
     "particle_l2",
     "particle_w2",
     "spearman",
+    "Background",
 ]
 
-#: The chapter's targets: the disconnected support (digest: ``[-2, -1] U [1, 2]``) and a smooth
-#: bimodal Gaussian mixture (E3's reference: exact, and reachable by smooth controls).
-TARGETS = ("two-intervals", "mixture")
+#: The chapter's targets: the disconnected support (digest: ``[-2, -1] U [1, 2]``), a smooth
+#: bimodal Gaussian mixture (E3's reference: exact, and reachable by smooth controls) and its 2-D
+#: counterpart (the 2-D E0 and E3).
+TARGETS = ("two-intervals", "mixture", "mixture-2d")
 
 
 def ou_process(T: float = 3.0) -> VPSDE:
@@ -105,9 +126,55 @@ def bimodal_mixture() -> GaussianMixture:
     )
 
 
+def bimodal_mixture_2d() -> GaussianMixture:
+    """The 2-D target of the 2-D E0 and E3: ``0.4 N((-1.2, 0.6), C_1) + 0.6 N((1.2, -0.6), C_2)``
+    with anisotropic, correlated covariances (a smooth target with an exact score, digest Sec. 3)."""
+    return GaussianMixture(
+        jnp.array([0.4, 0.6]),
+        jnp.array([[-1.2, 0.6], [1.2, -0.6]]),
+        jnp.array([[[0.2, 0.06], [0.06, 0.12]], [[0.12, -0.04], [-0.04, 0.18]]]),
+    )
+
+
+class MixtureScore(eqx.Module):
+    """The exact noised score of a Gaussian mixture under a linear SDE, ``score(x: (d,), t)``.
+
+    The same closed form as ``GaussianMixture.score_fn`` (``-sum_k r_k(x) C_k(t)^{-1} (x -
+    alpha_t m_k)``, ``C_k(t) = alpha_t^2 C_k + sigma_t^2 I``), with the precisions and
+    log-determinants computed from ``t`` alone, so that evaluating it at many points (the grid
+    solver's faces, vmapped) costs matrix products instead of one triangular solve per point and
+    component, which dominate the 2-D solver's time on CPU.
+    """
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: Array, t) -> Array:
+        mix, sde = self.mixture, self.sde
+        alpha, var = sde.mean_scale(t), sde.noise_variance(t)
+        covs = alpha**2 * mix.covs + var * jnp.eye(mix.dim, dtype=mix.covs.dtype)
+        precisions = jnp.linalg.inv(covs)
+        log_det = jnp.linalg.slogdet(covs)[1]
+        diff = x - alpha * mix.means  # (K, d)
+        pdiff = jnp.einsum("kij,kj->ki", precisions, diff)
+        log_joint = jnp.log(mix.weights) - 0.5 * jnp.sum(diff * pdiff, -1) - 0.5 * log_det
+        return -jax.nn.softmax(log_joint) @ pdiff
+
+
+def exact_score(target, sde: SDE):
+    """The target's exact score: :class:`MixtureScore` for a Gaussian mixture in 2-D (fast at
+    many points), ``target.score_fn(sde)`` otherwise (the 1-D experiments keep the targets'
+    own closed forms)."""
+    if isinstance(target, GaussianMixture) and target.dim == 2:
+        return MixtureScore(target, sde)
+    return target.score_fn(sde)
+
+
 def make_target(name: str, *, gap: float = 2.0):
-    """A 1-D target by name: ``"two-intervals"`` (two unit intervals ``gap`` apart, centred) or
-    ``"mixture"`` (:func:`bimodal_mixture`)."""
+    """A target by name: ``"two-intervals"`` (1-D, two unit intervals ``gap`` apart, centred),
+    ``"mixture"`` (:func:`bimodal_mixture`) or ``"mixture-2d"`` (:func:`bimodal_mixture_2d`)."""
+    if name == "mixture-2d":
+        return bimodal_mixture_2d()
     if name == "two-intervals":
         if not gap > 0:
             raise ValueError(f"make_target: gap must be > 0, got {gap!r}")
@@ -137,12 +204,13 @@ def _positive_ints(name: str, values, *, low: int = 1) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """The OU process, a 1-D target, the grid and the early-stopping time ``t_0``.
+    """The OU process, a target, the grid and the early-stopping time ``t_0``.
 
     Args:
         sde: the forward process (:func:`ou_process`).
-        target: a target with exact ``marginal_log_prob`` and ``score_fn``.
-        grid: a 1-D :class:`odesde.fp_grid.Grid`.
+        target: a target with exact ``marginal_log_prob`` and ``score_fn``, of dimension 1 or 2.
+        grid: an :class:`odesde.fp_grid.Grid` of the target's dimension (the 1-D experiments
+            E0-E4 and the 2-D ones, :func:`e0_sanity_2d` and :func:`e3_controls` with ``d = 2``).
         t_min: ``t_0`` (digest: ``[1e-3, 1e-2]``).
     """
 
@@ -152,8 +220,10 @@ class Setup:
     t_min: float
 
     def __post_init__(self):
-        if not isinstance(self.grid, Grid) or self.grid.dim != 1:
-            raise ValueError(f"Setup: grid must be a 1-D odesde Grid, got {self.grid!r}")
+        dim = getattr(self.target, "dim", None)
+        if not isinstance(self.grid, Grid) or self.grid.dim != dim:
+            raise ValueError(f"Setup: grid must be an odesde Grid of the target's dimension {dim}, "
+                             f"got {self.grid!r}")
         if not 0 < self.t_min < self.sde.T:
             raise ValueError(f"Setup: t_min must lie in (0, T = {self.sde.T}), got {self.t_min!r}")
 
@@ -303,9 +373,68 @@ def forward_snapshots(setup: Setup, times) -> Array:
 def score_lipschitz(setup: Setup, times) -> np.ndarray:
     """``sup_x |d/dx grad log p_t(x)|`` on the grid at ``times`` (E0: the blow-up of a
     disconnected support like ``gap^2 / sigma_t^4``)."""
-    prof = field_profile(setup.target.score_fn(setup.sde), jnp.asarray(times, dtype=float),
-                         fine_points(setup.grid))
-    return np.asarray(prof.lipschitz)
+    return score_profile(setup.target.score_fn(setup.sde), setup.sde, times,
+                         fine_points(setup.grid)).lipschitz
+
+
+class ScoreProfile(NamedTuple):
+    """Sup-norms over points, against forward time, of a score and of the two reverse fields
+    built from it (arrays over the times)."""
+
+    lipschitz: np.ndarray  # sup_x ||grad s(x, t)|| (E0)
+    ode_expansion: np.ndarray  # sup_x of the PF-ODE velocity's expansion rate (E4's budget)
+    sde_sup: np.ndarray  # sup_x |reverse-SDE drift| (E4's budget)
+
+
+#: Times per call of the profile program: E0's and E4's time lists share one compilation.
+PROFILE_BLOCK = 40
+
+
+def score_profile(score, sde: SDE, times, points) -> ScoreProfile:
+    """The score's Lipschitz constant (E0) and E4's budgets, from one compiled program.
+
+    At forward time ``t`` (reverse time ``tau = T - t``): the PF-ODE velocity ``-f(t) x +
+    g(t)^2 s / 2`` (digest: ``y + s``) and the reverse-SDE drift ``-f(t) x + g(t)^2 s`` (``y + 2s``),
+    as :class:`odesde.fp_grid.ReverseODE` and :class:`odesde.fp_grid.ReverseSDE`. Same values as
+    :func:`odesde.control.field_profile` of each field; one program serves E0 and every gap of E4
+    (times go in blocks of :data:`PROFILE_BLOCK`, the last padded).
+
+    Args:
+        score: ``score(x: (d,), t) -> (d,)`` in forward time.
+        sde: the forward SDE.
+        times: ``(m,)`` forward times.
+        points: ``(n, d)`` points over which the sup is taken.
+
+    Returns:
+        A :class:`ScoreProfile` of ``(m,)`` arrays.
+    """
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    m = times.shape[0]
+    padded = np.concatenate([times, np.full((-m) % PROFILE_BLOCK, times[-1])])
+    points = jnp.asarray(points, dtype=float)
+    blocks = [_score_profile(score, sde, jnp.asarray(b), points)
+              for b in padded.reshape(-1, PROFILE_BLOCK)]
+    return ScoreProfile(*(np.concatenate([np.asarray(b[i]) for b in blocks])[:m] for i in range(3)))
+
+
+@eqx.filter_jit
+def _score_profile(score, sde, times, points):
+    eye = jnp.eye(points.shape[-1], dtype=points.dtype)
+
+    def at(t):
+        s = jax.vmap(score, (0, None))(points, t)
+        jac = jax.vmap(jax.jacfwd(score), (0, None))(points, t)
+        f, g2 = sde.drift_coef(t), sde.diffusion(t) ** 2
+        ode_jac = -f * eye + 0.5 * g2 * jac
+        sym = 0.5 * (ode_jac + jnp.swapaxes(ode_jac, -1, -2))
+        drift = -f * points + g2 * s
+        return (
+            jnp.max(jnp.linalg.norm(jac, ord=2, axis=(-2, -1))),
+            jnp.max(jnp.linalg.eigvalsh(sym)[..., -1]),
+            jnp.max(jnp.linalg.norm(drift, axis=-1)),
+        )
+
+    return jax.lax.map(at, times)
 
 
 def fine_points(grid: Grid, num: int = 8001) -> Array:
@@ -354,6 +483,109 @@ def e0_sanity(setup: Setup, *, num_steps: int, num_snapshots: int, num_particles
         sde_mass_drift=float(np.max(np.abs(masses / masses[0] - 1.0))),
         sde_min=float(np.min(sde)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# E0 in 2-D
+
+
+def grid_samples(grid: Grid, rho: Array, num: int, *, key: PRNGKeyArray) -> np.ndarray:
+    """``num`` samples of a grid density read as piecewise constant: a cell drawn with
+    probability ``rho_i dx^d / mass``, then a uniform point inside it. ``(num, d)``."""
+    kc, ku = jax.random.split(key)
+    p = jnp.ravel(jnp.asarray(rho))
+    cells = jax.random.choice(kc, p.shape[0], (num,), p=p / jnp.sum(p))
+    centres = grid.points().reshape(-1, grid.dim)[cells]
+    jitter = jax.random.uniform(ku, (num, grid.dim), dtype=float, minval=-0.5, maxval=0.5)
+    return np.asarray(centres + grid.dx * jitter)
+
+
+def emd_w2(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact ``W2`` between two equal-weight point clouds, POT ``ot.emd2`` on the squared
+    Euclidean cost, outside ``jit`` (digest Sec. 3: 2-4k samples per side in 2-D)."""
+    import ot
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    a, b = np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y))
+    return math.sqrt(max(float(ot.emd2(a, b, ot.dist(x, y), numItermax=10_000_000)), 0.0))
+
+
+def e0_sanity_2d(setup: Setup, *, num_steps: int, num_snapshots: int, num_samples: int,
+                 key: PRNGKeyArray, particle_steps: int = 500, rtol: float = 1e-6,
+                 atol: float = 1e-6, n_seeds: int = 1) -> dict:
+    """E0 in 2-D: the exact score of a 2-D target, reverse SDE on the grid (dimension-split
+    implicit SG steps) and PF-ODE by characteristics with the log-Jacobian, against ``p_{t_0}``.
+
+    Besides the grid errors (relative L2, TV): ``W2`` from POT ``emd2`` on ``num_samples``
+    samples per side (digest Sec. 3), SDE samples drawn from the grid density, ODE samples pushed
+    from exact ``p_T`` samples with RK4 on ``particle_steps`` log-spaced steps, against exact
+    ``p_{t_0}`` samples; the sampling floor is the W2 between two independent exact sample sets.
+    The samples are drawn anew for each of ``n_seeds`` seeds (keys ``jax.random.fold_in(key,
+    i)``): the W2 values are the means over the seeds.
+
+    Returns:
+        A dict: ``taus``, ``times``, snapshots ``sde``, ``ode``, ``exact`` ``(J + 1, N, N)``;
+        ``sde_errors``, ``ode_errors`` (:class:`Errors`, W2: seed mean on samples), ``w2_floor``
+        (seed mean), ``w2_seeds`` ``(n_seeds, 3)`` (SDE, ODE, floor) and their ``w2_sd``,
+        ``sde_mass_drift``, ``sde_min``, ``num_samples``.
+    """
+    if setup.grid.dim != 2:
+        raise ValueError(f"e0_sanity_2d: needs a 2-D setup, got dim={setup.grid.dim}")
+    num_steps = _int_at_least("e0_sanity_2d: num_steps", num_steps, 1)
+    num_snapshots = _int_at_least("e0_sanity_2d: num_snapshots", num_snapshots, 1)
+    num_samples = _int_at_least("e0_sanity_2d: num_samples", num_samples, 2)
+    n_seeds = _int_at_least("e0_sanity_2d: n_seeds", n_seeds, 1)
+    if num_steps % num_snapshots:
+        raise ValueError(f"e0_sanity_2d: num_snapshots={num_snapshots} must divide num_steps={num_steps}")
+    grid, sde, target = setup.grid, setup.sde, setup.target
+    score = exact_score(target, sde)
+    every = num_steps // num_snapshots
+    sde_rho = sde_density(setup, score, num_steps, save_every=every)
+    taus = setup.taus(num_steps)[::every]
+    times = sde.T - taus
+    velocity = ReverseODE(sde, score)
+    ode_rho = jnp.stack([setup.start()] + [ode_density(setup, velocity, float(tau), rtol=rtol, atol=atol)
+                                           for tau in taus[1:]])
+    exact = jnp.stack([setup.exact(float(t)) for t in times])
+    w2s = []  # per seed: SDE, ODE, floor
+    for seed in range(n_seeds):
+        k_sde, k_ode, k_ex, k_ex2 = jax.random.split(jax.random.fold_in(key, seed), 4)
+        x_exact = np.asarray(target.marginal(sde, setup.t_min).sample(num_samples, key=k_ex))
+        x_floor = np.asarray(target.marginal(sde, setup.t_min).sample(num_samples, key=k_ex2))
+        x_sde = grid_samples(grid, sde_rho[-1], num_samples, key=k_sde)
+        x_start = target.marginal(sde, sde.T).sample(num_samples, key=k_ode)
+        x_ode = np.asarray(push_particles(velocity, x_start, setup.taus(particle_steps)))
+        w2s.append([emd_w2(x_sde, x_exact), emd_w2(x_ode, x_exact), emd_w2(x_floor, x_exact)])
+    w2s = np.asarray(w2s)
+    w2_mean = w2s.mean(0)
+    w2_sd = w2s.std(0, ddof=1) if n_seeds > 1 else np.zeros(3)
+    masses = np.asarray(jax.vmap(grid.mass)(sde_rho))
+    return dict(
+        taus=np.asarray(taus), times=np.asarray(times), sde=np.asarray(sde_rho),
+        ode=np.asarray(ode_rho), exact=np.asarray(exact),
+        sde_errors=errors(grid, sde_rho[-1], exact[-1], w2=w2_mean[0]),
+        ode_errors=errors(grid, ode_rho[-1], exact[-1], w2=w2_mean[1]),
+        w2_floor=float(w2_mean[2]), w2_seeds=w2s, w2_sd=w2_sd,
+        sde_mass_drift=float(np.max(np.abs(masses / masses[0] - 1.0))),
+        sde_min=float(np.min(np.asarray(sde_rho))), num_samples=num_samples,
+    )
+
+
+def w2_grid_against_pot_2d(setup: Setup, t_a: float, t_b: float, *, num_samples: int,
+                           key: PRNGKeyArray) -> dict:
+    """The 2-D grid W2 (:meth:`odesde.fp_grid.Grid.w2`: POT ``emd2`` on the cell masses, blocks
+    of cells as needed) between the exact marginals ``p_{t_a}`` and ``p_{t_b}``, against POT
+    ``emd2`` between ``num_samples`` exact samples of each; ``floor`` is the samples' W2 between
+    two independent sets of ``p_{t_b}`` (the sampling noise)."""
+    grid, sde, target = setup.grid, setup.sde, setup.target
+    coarsen = _emd_coarsen(grid)
+    ka, kb, kc = jax.random.split(key, 3)
+    xa = np.asarray(target.marginal(sde, t_a).sample(num_samples, key=ka))
+    xb = np.asarray(target.marginal(sde, t_b).sample(num_samples, key=kb))
+    xc = np.asarray(target.marginal(sde, t_b).sample(num_samples, key=kc))
+    return dict(grid=float(grid.w2(setup.exact(t_a), setup.exact(t_b), coarsen=coarsen)),
+                pot=emd_w2(xa, xb), floor=emd_w2(xb, xc), coarsen=coarsen,
+                num_samples=int(num_samples))
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,21 +692,59 @@ class LogTimeDSM(eqx.Module):
 def e2_dsm(setup: Setup, *, budgets, widths, key: PRNGKeyArray, num_steps: int,
            num_particles: int, particle_steps: int = 500, batch_size: int = 256,
            learning_rate: float = 3e-3, num_times: int = 48, rtol: float = 1e-6,
-           atol: float = 1e-6, progress: bool = True) -> list[dict]:
+           atol: float = 1e-6, n_seeds: int = 1, progress: bool = True) -> list[dict]:
     """E2: small MLP scores trained by DSM on the target, snapshotted at training ``budgets``.
 
-    One run per width (``ScoreMLP``, depth 2, :class:`LogTimeDSM` on ``[t_0, T]``, Adam);
-    each snapshot is assessed by the exact weighted score error
+    One run per seed and width (``ScoreMLP``, depth 2, :class:`LogTimeDSM` on ``[t_0, T]``,
+    Adam); each snapshot is assessed by the exact weighted score error
     ``int_{t_0}^T int |s - grad log p_t|^2 p_t dx dt`` (grid, trapezoid on ``num_times``
     log-spaced times) and by the terminal errors of the reverse SDE and the PF-ODE with that score.
+    Seed ``i`` draws every key from ``jax.random.fold_in(key, i)`` (digest Sec. 5: 3 seeds in the
+    full profile); all seeds share the compiled programs.
 
     Returns:
-        One dict per (width, budget): ``width``, ``steps``, ``score_error``, ``sde``, ``ode``
-        (:class:`Errors`; the ODE's W2 from particles), ``final_loss`` (mean DSM loss over the
-        last 50 steps).
+        One dict per (seed, width, budget): ``seed``, ``width``, ``steps``, ``score_error``,
+        ``sde``, ``ode`` (:class:`Errors`; the ODE's W2 from particles), ``final_loss`` (mean
+        DSM loss over the last 50 steps).
     """
     budgets = sorted(set(_positive_ints("e2_dsm: budgets", budgets)))
     widths = _positive_ints("e2_dsm: widths", widths)
+    n_seeds = _int_at_least("e2_dsm: n_seeds", n_seeds, 1)
+    records = []
+    for seed in range(n_seeds):
+        for r in _e2_one_seed(setup, budgets, widths, jax.random.fold_in(key, seed), num_steps,
+                              num_particles, particle_steps, batch_size, learning_rate, num_times,
+                              rtol, atol, progress, f" (seed {seed})" if n_seeds > 1 else ""):
+            records.append(dict(seed=seed, **r))
+    return records
+
+
+def e2_summary(records: list[dict]) -> dict:
+    """E2 over seeds: per (width, budget), the mean and sd over seeds of
+    ``sqrt(score_error)``, the SDE's and the ODE's terminal L2 (keys ``root_err``, ``sde_l2``,
+    ``ode_l2`` with ``_mean`` and ``_sd``; ``width`` and ``steps`` give the groups, in the order
+    of the records)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["width"], r["steps"]), []).append(r)
+    out: dict[str, Any] = {"width": [], "steps": []}
+    values = {
+        "root_err": lambda r: math.sqrt(r["score_error"]),
+        "sde_l2": lambda r: r["sde"].l2,
+        "ode_l2": lambda r: r["ode"].l2,
+    }
+    for (width, steps), rs in groups.items():
+        out["width"].append(width)
+        out["steps"].append(steps)
+        for name, get in values.items():
+            v = np.asarray([get(r) for r in rs])
+            out.setdefault(f"{name}_mean", []).append(float(v.mean()))
+            out.setdefault(f"{name}_sd", []).append(float(v.std(ddof=1)) if v.size > 1 else 0.0)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _e2_one_seed(setup, budgets, widths, key, num_steps, num_particles, particle_steps,
+                 batch_size, learning_rate, num_times, rtol, atol, progress, label):
     sde, grid = setup.sde, setup.grid
     loss = LogTimeDSM(sde, setup.t_min)
     optimizer = training.make_optimizer(learning_rate)
@@ -487,7 +757,8 @@ def e2_dsm(setup: Setup, *, budgets, widths, key: PRNGKeyArray, num_steps: int,
         model = ScoreMLP(1, key=k_init, width=width, depth=2, t_max=float(sde.T))
         opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
         losses = []
-        with tqdm(total=budgets[-1], desc=f"E2 DSM, width {width}", disable=not progress) as bar:
+        with tqdm(total=budgets[-1], desc=f"E2 DSM, width {width}{label}",
+                  disable=not progress) as bar:
             for i in range(budgets[-1]):
                 model, opt_state, total, _ = step(model, opt_state, jax.random.fold_in(k_train, i))
                 total = float(total)
@@ -515,86 +786,192 @@ def e2_dsm(setup: Setup, *, budgets, widths, key: PRNGKeyArray, num_steps: int,
 # E3
 
 
-def e3_controls(setup: Setup, *, intervals, key: PRNGKeyArray, adam_steps: int,
-                solver_steps: int, num_snapshots: int, num_particles: int,
-                baseline_width: int = 64, learning_rate: float = 5e-2, rtol: float = 1e-6,
-                atol: float = 1e-6, progress: bool = True) -> dict:
-    """E3: width-``d`` (``d = 1``) piecewise-constant controls ``W_k tanh(A_k x + b_k)`` on ``K``
-    equal intervals, trained through the grid solver to track the exact reverse-OU FP trajectory
-    from ``p_T`` to ``p_{t_0}`` (computed with the same solver and steps), the wide baseline
-    (:class:`odesde.control.MLPControl`), and the ODE counterpart (the same controls, trained with
-    the sorted-quantile W2 loss, evaluated in L2 by characteristics).
+class SeedSum(eqx.Module):
+    """``loss`` summed over a stack of independent controls (leading axis: seeds).
 
-    Every ``K`` must divide ``solver_steps``, and ``num_snapshots`` must divide it too.
+    The controls do not interact, so the gradient of the sum is each control's own gradient, and
+    Adam (elementwise) trains every member exactly as a run of its own would: one compiled step
+    trains all seeds, on batched (better vectorised) solves.
+    """
+
+    loss: Callable
+
+    def __call__(self, controls, key: PRNGKeyArray | None = None):
+        return jnp.sum(eqx.filter_vmap(lambda c: self.loss(c, key))(controls))
+
+
+def stack_controls(make: Callable, keys: Array):
+    """``make(key)`` for each key, stacked along a leading axis (``eqx.filter_vmap``)."""
+    return eqx.filter_vmap(make)(keys)
+
+
+def unstack(stack, i: int):
+    """Member ``i`` of a stack made by :func:`stack_controls`."""
+    return jax.tree.map(lambda v: v[i] if eqx.is_array(v) else v, stack)
+
+
+def _stack_piecewise(dim: int, intervals: list[int], horizon: float, keys: Array, capacity: int):
+    """Width-``d`` controls with ``intervals[m]`` intervals from ``keys[m]``, stacked; every
+    member has ``capacity`` rows (so one structure for all), the first ``K`` in use."""
+    stack = eqx.filter_vmap(
+        lambda kk: PiecewiseControl(dim, capacity, horizon, key=kk, capacity=capacity))(keys)
+    return eqx.tree_at(lambda c: c.active, stack, jnp.asarray(intervals, dtype=int))
+
+
+def e3_controls(setup: Setup, *, intervals, key: PRNGKeyArray, adam_steps: int,
+                solver_steps: int, num_snapshots: int, num_particles: int = 1000,
+                baseline_width: int = 64, learning_rate: float = 5e-2, rtol: float = 1e-6,
+                atol: float = 1e-6, n_seeds: int = 1, ode: bool | None = None,
+                progress: bool = True) -> dict:
+    """E3: width-``d`` piecewise-constant controls ``W_k tanh(A_k x + b_k)`` on ``K`` equal
+    intervals (``d`` = the grid's dimension, 1 or 2: 3 or 10 parameters per interval), trained
+    through the grid solver to track the exact reverse-OU FP trajectory from ``p_T`` to
+    ``p_{t_0}`` (computed with the same solver and steps), the wide baseline
+    (:class:`odesde.control.MLPControl`), and in 1-D the ODE counterpart (the same controls,
+    trained with the sorted-quantile W2 loss, evaluated in L2 by characteristics; the digest's
+    2-D Sinkhorn counterpart is not run).
+
+    Every ``K`` must divide ``solver_steps``, and ``num_snapshots`` must divide it too. Seed ``i``
+    draws its keys from ``jax.random.fold_in(key, i)`` (then ``fold_in(., K)``); all ``(K, seed)``
+    pairs train together as one stack (:class:`SeedSum`: equal to separate runs, one
+    compilation; ``K`` is a value of :class:`odesde.control.PiecewiseControl`, whose capacity is
+    the largest ``K``), and so do the wide baseline's seeds.
 
     Returns:
-        A dict: ``intervals``; per-``K`` arrays ``sde_sup_l2``, ``sde_final_l2``, ``ode_sup_w2``,
-        ``ode_final_w2``, ``ode_final_l2``; the baseline's ``wide_sup_l2``, ``wide_final_l2``;
-        ``reference_sup_norm`` (max over snapshots of ``||rho_ref||_{L2}``); the loss curves; the
-        trained controls ``controls_sde``, ``controls_ode`` (by ``K``); ``taus`` of the snapshots,
-        ``reference``, ``trajectory_sde`` (largest ``K``), ``trajectory_wide`` and
-        ``initial_w2`` (W2 from ``p_T`` to ``p_{t_0}``, the distance the control must move mass).
+        A dict: ``intervals``; per-``K`` seed means ``sde_sup_l2``, ``sde_final_l2`` and (1-D)
+        ``ode_sup_w2``, ``ode_final_w2``, ``ode_final_l2``, each also per seed as
+        ``NAME_seeds`` ``(n_seeds, len(intervals))``; the baseline's ``wide_sup_l2``,
+        ``wide_final_l2`` (means) and ``wide_sup_l2_seeds``; ``reference_sup_norm`` (max over
+        snapshots of ``||rho_ref||_{L2}``); the loss curves (mean over seeds); seed 0's trained
+        controls ``controls_sde``, ``controls_ode`` (by ``K``); ``taus`` of the snapshots,
+        ``reference``, seed 0's ``trajectory_sde`` (largest ``K``) and ``trajectory_wide``,
+        ``ode_final_density`` (1-D), and ``initial_w2`` (W2 from ``p_T`` to ``p_{t_0}``, the
+        distance the control must move mass).
     """
     intervals = _positive_ints("e3_controls: intervals", intervals)
     solver_steps = _int_at_least("e3_controls: solver_steps", solver_steps, 1)
+    n_seeds = _int_at_least("e3_controls: n_seeds", n_seeds, 1)
     for k in intervals + [num_snapshots]:
         if solver_steps % k:
             raise ValueError(
                 f"e3_controls: solver_steps={solver_steps} must be a multiple of every K in "
                 f"intervals={intervals} and of num_snapshots={num_snapshots}")
     grid, sde = setup.grid, setup.sde
+    dim = grid.dim
+    ode = dim == 1 if ode is None else bool(ode)
+    if ode and dim != 1:
+        raise ValueError("e3_controls: the ODE counterpart (quantile W2 loss) is 1-D only")
     horizon = setup.horizon
     taus = setup.taus(solver_steps, spacing="uniform")
     every = solver_steps // num_snapshots
     rho0 = setup.start()
-    reference = solve_fp(ReverseSDE(sde, setup.target.score_fn(sde)), rho0, taus, grid=grid,
+    reference = solve_fp(ReverseSDE(sde, exact_score(setup.target, sde)), rho0, taus, grid=grid,
                          save_every=every)
     sde_loss = TrackingLoss(grid, rho0, reference, taus, every)
-    ode_loss = QuantileW2Loss.from_densities(grid, rho0, reference, taus, every, num_particles)
-    ref_times = taus[::every]
-    out: dict[str, Any] = {name: [] for name in (
-        "sde_sup_l2", "sde_final_l2", "ode_sup_w2", "ode_final_w2", "ode_final_l2")}
-    out.update(controls_sde={}, controls_ode={}, losses_sde={}, losses_ode={})
+    seed_keys = [jax.random.fold_in(key, s) for s in range(n_seeds)]
+    # One forward program per control type gives the trajectories of all seeds; the errors
+    # follow in NumPy.
+    trajectories_of = eqx.filter_jit(eqx.filter_vmap(sde_loss.trajectory))
+    ref_np = np.asarray(reference)
+
+    def errors_of(stack):
+        traj = np.asarray(trajectories_of(stack))
+        axes = tuple(range(2, traj.ndim))
+        return traj, np.sqrt(np.sum((traj - ref_np) ** 2, axis=axes) * grid.cell_volume)
+
+    names = ["sde_sup_l2", "sde_final_l2"] + (
+        ["ode_sup_w2", "ode_final_w2", "ode_final_l2"] if ode else [])
+    per_seed: dict[str, list] = {name: [] for name in names}
+    out: dict[str, Any] = dict(controls_sde={}, controls_ode={}, losses_sde={}, losses_ode={})
+    if ode:
+        ode_loss = QuantileW2Loss.from_densities(grid, rho0, reference, taus, every, num_particles)
+        push_all = eqx.filter_jit(eqx.filter_vmap(
+            lambda c: push_particles(c, ode_loss.x0, taus, save_every=every)[..., 0]))
+    # Every (K, seed) pair is one member of a stack trained at once: K is a value, not a shape
+    # (PiecewiseControl's capacity is the largest K), so one compiled step serves the sweep.
+    members = [(i, s) for i in range(len(intervals)) for s in range(n_seeds)]
+    member_keys = jnp.stack([jax.random.split(jax.random.fold_in(seed_keys[s], intervals[i]), 3)
+                             for i, s in members])
+    member_k = [intervals[i] for i, _ in members]
+    capacity = max(intervals)
+
+    def make_stack(keys):
+        return _stack_piecewise(dim, member_k, horizon, keys, capacity)
+
+    def by_interval(values):  # (members, ...) -> (n_seeds, len(intervals), ...)
+        values = np.asarray(values)
+        out_ = np.empty((n_seeds, len(intervals)) + values.shape[1:], values.dtype)
+        for m, (i, s) in enumerate(members):
+            out_[s, i] = values[m]
+        return out_
+
+    k_train = jax.random.fold_in(key, 100_000)  # unused by these deterministic losses
+    trained = train_control(
+        make_stack(member_keys[:, 0]), SeedSum(sde_loss), num_steps=adam_steps, key=k_train,
+        learning_rate=learning_rate, progress=progress,
+        description=f"E3 SDE, d={dim}, K={intervals} x {n_seeds} seed(s)")
+    traj, err = errors_of(trained.control)  # (members, J + 1)
+    err = by_interval(err)  # (n_seeds, len(intervals), J + 1)
+    per_seed["sde_sup_l2"] = list(np.moveaxis(err.max(-1), 1, 0))
+    per_seed["sde_final_l2"] = list(np.moveaxis(err[..., -1], 1, 0))
     for i, k in enumerate(intervals):
-        k_sde, k_ode, k_train = jax.random.split(jax.random.fold_in(key, k), 3)
-        trained = train_control(
-            PiecewiseControl(1, k, horizon, key=k_sde), sde_loss, num_steps=adam_steps,
-            key=k_train, learning_rate=learning_rate, progress=progress, description=f"E3 SDE, K={k}")
-        err = np.asarray(sde_loss.errors(trained.control))
-        out["sde_sup_l2"].append(float(err.max()))
-        out["sde_final_l2"].append(float(err[-1]))
-        out["controls_sde"][k], out["losses_sde"][k] = trained.control, trained.losses
-        if k == intervals[-1]:
-            out["trajectory_sde"] = np.asarray(sde_loss.trajectory(trained.control))
-        ode = train_control(
-            PiecewiseControl(1, k, horizon, key=k_ode), ode_loss, num_steps=adam_steps,
-            key=k_train, learning_rate=learning_rate, progress=progress, description=f"E3 ODE, K={k}")
-        x = push_particles(ode.control, ode_loss.x0, taus, save_every=every)[..., 0]
-        w2 = np.sqrt(np.mean((np.sort(np.asarray(x), -1) - np.asarray(ode_loss.quantiles)) ** 2, -1))
-        out["ode_sup_w2"].append(float(w2.max()))
-        out["ode_final_w2"].append(float(w2[-1]))
-        rho_ode = jnp.exp(ode_log_density(ode.control, setup.log_prob(sde.T), grid.points(),
-                                          horizon, rtol=rtol, atol=atol))
-        out["ode_final_l2"].append(float(grid.l2(rho_ode, reference[-1])))
-        out["controls_ode"][k], out["losses_ode"][k] = ode.control, ode.losses
-        if k == intervals[-1]:
-            out["ode_final_density"] = np.asarray(rho_ode)
+        m = members.index((i, 0))
+        out["controls_sde"][k] = unstack(trained.control, m)
+        out["losses_sde"][k] = trained.losses / len(members)  # the stack's mean loss
+    out["trajectory_sde"] = traj[members.index((len(intervals) - 1, 0))]
+    if ode:
+        trained_ode = train_control(
+            make_stack(member_keys[:, 1]), SeedSum(ode_loss), num_steps=adam_steps, key=k_train,
+            learning_rate=learning_rate, progress=progress,
+            description=f"E3 ODE, K={intervals} x {n_seeds} seed(s)")
+        x = np.asarray(push_all(trained_ode.control))  # (members, J + 1, n)
+        w2 = by_interval(np.sqrt(np.mean((np.sort(x, -1) - np.asarray(ode_loss.quantiles)) ** 2, -1)))
+        per_seed["ode_sup_w2"] = list(np.moveaxis(w2.max(-1), 1, 0))
+        per_seed["ode_final_w2"] = list(np.moveaxis(w2[..., -1], 1, 0))
+        # All members' characteristics in one vmapped adaptive solve (each keeps its own steps).
+        rho_ode = np.exp(np.asarray(eqx.filter_vmap(
+            lambda c: ode_log_density(c, setup.log_prob(sde.T), grid.points(), horizon, rtol=rtol,
+                                      atol=atol))(trained_ode.control)))
+        axes = tuple(range(1, rho_ode.ndim))
+        l2s = np.sqrt(np.sum((rho_ode - ref_np[-1]) ** 2, axis=axes) * grid.cell_volume)
+        out["ode_final_density"] = rho_ode[members.index((len(intervals) - 1, 0))]
+        per_seed["ode_final_l2"] = list(np.moveaxis(by_interval(l2s), 1, 0))
+        for i, k in enumerate(intervals):
+            out["controls_ode"][k] = unstack(trained_ode.control, members.index((i, 0)))
+            out["losses_ode"][k] = trained_ode.losses / len(members)
+    wide_keys = jnp.stack([jax.random.fold_in(sk, 10_000) for sk in seed_keys])
     wide = train_control(
-        MLPControl(1, horizon, key=jax.random.fold_in(key, 10_000), width=baseline_width),
-        sde_loss, num_steps=adam_steps, key=jax.random.fold_in(key, 10_001),
-        learning_rate=learning_rate, progress=progress, description="E3 wide baseline")
-    werr = np.asarray(sde_loss.errors(wide.control))
+        stack_controls(lambda kk: MLPControl(dim, horizon, key=kk, width=baseline_width), wide_keys),
+        SeedSum(sde_loss), num_steps=adam_steps, key=jax.random.fold_in(key, 10_001),
+        learning_rate=learning_rate, progress=progress, description=f"E3 wide baseline, d={dim}")
+    wtraj, werr = errors_of(wide.control)
+    for name, rows in per_seed.items():
+        arr = np.stack(rows, axis=1)  # (n_seeds, len(intervals))
+        out[f"{name}_seeds"] = arr
+        out[name] = arr.mean(0)
+        out[f"{name}_sd"] = arr.std(0, ddof=1) if n_seeds > 1 else np.zeros(arr.shape[1])
     out.update(
-        intervals=np.asarray(intervals),
-        **{name: np.asarray(out[name]) for name in (
-            "sde_sup_l2", "sde_final_l2", "ode_sup_w2", "ode_final_w2", "ode_final_l2")},
-        wide_sup_l2=float(werr.max()), wide_final_l2=float(werr[-1]), losses_wide=wide.losses,
-        trajectory_wide=np.asarray(sde_loss.trajectory(wide.control)),
-        reference=np.asarray(reference), taus=np.asarray(ref_times),
+        intervals=np.asarray(intervals), n_seeds=n_seeds, dim=dim,
+        wide_sup_l2=float(werr.max(1).mean()), wide_final_l2=float(werr[:, -1].mean()),
+        wide_sup_l2_seeds=werr.max(1),
+        wide_sup_l2_sd=float(werr.max(1).std(ddof=1)) if n_seeds > 1 else 0.0,
+        losses_wide=wide.losses / n_seeds,
+        trajectory_wide=wtraj[0],
+        reference=np.asarray(reference), taus=np.asarray(taus[::every]),
         reference_sup_norm=float(np.max(np.asarray(jax.vmap(grid.l2)(reference, 0 * reference)))),
-        initial_w2=float(grid.w2(reference[0], reference[-1])),
+        initial_w2=float(grid.w2(reference[0], reference[-1], coarsen=_emd_coarsen(grid))),
     )
     return out
+
+
+def _emd_coarsen(grid: Grid) -> int:
+    """The smallest block size that keeps a 2-D grid W2 within POT's dense budget (1 in 1-D)."""
+    if grid.dim == 1:
+        return 1
+    c = 1
+    while (grid.num_cells // c) ** 2 > 1024 or grid.num_cells % c:
+        c += 1
+    return c
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,15 +996,12 @@ def e4_tradeoff(gaps, *, sde: SDE, grid: Grid, t_min: float, num_steps: int, num
     gaps = [float(g) for g in gaps]
     if not gaps or any(not g > 0 for g in gaps):
         raise ValueError(f"e4_tradeoff: gaps must be a non-empty list of numbers > 0, got {gaps!r}")
-    times = jnp.geomspace(t_min, sde.T, num_times)
+    times = np.geomspace(t_min, float(sde.T), num_times)
     records = []
     for gap in tqdm(gaps, desc="E4 gaps", disable=not progress):
         setup = Setup(sde, make_target("two-intervals", gap=gap), grid, t_min)
-        exact_score = setup.target.score_fn(sde)
-        ode_prof = field_profile(_AtForwardTime(ReverseODE(sde, exact_score), sde.T), times,
-                                 fine_points(grid))
-        sde_prof = field_profile(_AtForwardTime(_Drift(ReverseSDE(sde, exact_score)), sde.T),
-                                 times, fine_points(grid))
+        # One program for both budgets (and E0's Lipschitz profile): see score_profile.
+        prof = score_profile(setup.target.score_fn(sde), sde, times, fine_points(grid))
         score = SinePerturbedScore(setup.target, sde, eta=eta, frequency=frequency)
         rho_sde = sde_density(setup, score, num_steps)
         velocity = ReverseODE(sde, score)
@@ -638,32 +1012,14 @@ def e4_tradeoff(gaps, *, sde: SDE, grid: Grid, t_min: float, num_steps: int, num
         gap_mass = [float(np.sum(np.asarray(r)[inside]) * grid.dx) for r in (exact, rho_sde, rho_ode)]
         records.append(dict(
             gap=gap,
-            ode_budget=float(jnp.trapezoid(ode_prof.max_expansion, times)),
-            sde_budget=float(jnp.trapezoid(sde_prof.sup_norm, times)),
+            ode_budget=float(np.trapezoid(prof.ode_expansion, np.asarray(times))),
+            sde_budget=float(np.trapezoid(prof.sde_sup, np.asarray(times))),
             sde=errors(grid, rho_sde, exact),
             ode=errors(grid, rho_ode, exact, w2=particle_w2(setup, x, t_min),
                        l2=particle_l2(setup, x, log_rho, t_min)),
             gap_mass=gap_mass,
         ))
     return records
-
-
-class _AtForwardTime(eqx.Module):
-    """``v(x, t) = field(x, T - t)``: a reverse-time field seen in forward time (so that the
-    budgets integrate over forward times, ``dtau = dt``)."""
-
-    field: Callable
-    T: float
-
-    def __call__(self, x, t):
-        return self.field(x, self.T - t)
-
-
-class _Drift(eqx.Module):
-    dynamics: Any
-
-    def __call__(self, x, tau):
-        return self.dynamics.drift(x, tau)
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,3 +1071,38 @@ def spearman(x, y) -> float:
         raise ValueError(f"spearman: need at least 2 points, got {rx.size}")
     return float(np.corrcoef(rx, ry)[0, 1])
 
+
+
+# --------------------------------------------------------------------------------------------
+# Running an experiment while the next ones start
+
+
+class Background:
+    """``fn(*args, **kwargs)`` in a worker thread, started now; :meth:`result` waits for it.
+
+    XLA releases the GIL while it compiles and runs, so on the 2-core reference machine an
+    experiment that does not depend on the others (E2, E3) compiles and runs while the main
+    thread works on; the numbers are the same as a run in the foreground (same programs, same
+    keys). Background runs share :data:`WORKERS` threads and start in the order submitted.
+    """
+
+    WORKERS = 2  # one per core of the reference machine
+    _pool = None
+
+    def __init__(self, fn: Callable, /, *args, **kwargs):
+        import concurrent.futures
+
+        if Background._pool is None:
+            Background._pool = concurrent.futures.ThreadPoolExecutor(self.WORKERS, "odesde-control")
+        self.seconds = float("nan")
+        self._future = Background._pool.submit(self._timed, fn, args, kwargs)
+
+    def _timed(self, fn, args, kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds = time.perf_counter() - start
+        return out
+
+    def result(self):
+        """The return value (an exception of the run is raised here)."""
+        return self._future.result()

@@ -163,6 +163,10 @@ class Grid(eqx.Module):
         with positive mass. ``u`` in ``(0, 1)``.
         """
         self._need_dim(1, "quantile")
+        # One compiled program per shape: op by op, each of the dozen operations compiles.
+        return _quantile(self, jnp.asarray(rho), jnp.asarray(u))
+
+    def _quantile(self, rho: Array, u: Array) -> Array:
         masses = jnp.asarray(rho) * self.dx
         cdf = jnp.concatenate([jnp.zeros(1, masses.dtype), jnp.cumsum(masses)])
         cdf = cdf / cdf[-1]
@@ -208,6 +212,11 @@ class Grid(eqx.Module):
 @eqx.filter_jit
 def _exp_of(log_prob, points):
     return jnp.exp(log_prob(points))
+
+
+@eqx.filter_jit
+def _quantile(grid: Grid, rho, u):
+    return grid._quantile(rho, u)
 
 
 def _w2_1d(p: np.ndarray, q: np.ndarray, edges: np.ndarray) -> float:
