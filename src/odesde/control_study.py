@@ -869,15 +869,13 @@ def e3_controls(setup: Setup, *, intervals, key: PRNGKeyArray, adam_steps: int,
                          save_every=every)
     sde_loss = TrackingLoss(grid, rho0, reference, taus, every)
     seed_keys = [jax.random.fold_in(key, s) for s in range(n_seeds)]
-    # One forward program per control type gives the trajectories of all seeds; the errors
-    # follow in NumPy.
+    # One forward program per control type gives the trajectories of all seeds.
     trajectories_of = eqx.filter_jit(eqx.filter_vmap(sde_loss.trajectory))
-    ref_np = np.asarray(reference)
+    l2_to_snapshots = jax.vmap(jax.vmap(grid.l2), in_axes=(0, None))  # (members, J + 1)
 
     def errors_of(stack):
-        traj = np.asarray(trajectories_of(stack))
-        axes = tuple(range(2, traj.ndim))
-        return traj, np.sqrt(np.sum((traj - ref_np) ** 2, axis=axes) * grid.cell_volume)
+        traj = trajectories_of(stack)
+        return np.asarray(traj), np.asarray(l2_to_snapshots(traj, reference))
 
     names = ["sde_sup_l2", "sde_final_l2"] + (
         ["ode_sup_w2", "ode_final_w2", "ode_final_l2"] if ode else [])
@@ -929,12 +927,11 @@ def e3_controls(setup: Setup, *, intervals, key: PRNGKeyArray, adam_steps: int,
         per_seed["ode_sup_w2"] = list(np.moveaxis(w2.max(-1), 1, 0))
         per_seed["ode_final_w2"] = list(np.moveaxis(w2[..., -1], 1, 0))
         # All members' characteristics in one vmapped adaptive solve (each keeps its own steps).
-        rho_ode = np.exp(np.asarray(eqx.filter_vmap(
+        rho_ode = jnp.exp(eqx.filter_vmap(
             lambda c: ode_log_density(c, setup.log_prob(sde.T), grid.points(), horizon, rtol=rtol,
-                                      atol=atol))(trained_ode.control)))
-        axes = tuple(range(1, rho_ode.ndim))
-        l2s = np.sqrt(np.sum((rho_ode - ref_np[-1]) ** 2, axis=axes) * grid.cell_volume)
-        out["ode_final_density"] = rho_ode[members.index((len(intervals) - 1, 0))]
+                                      atol=atol))(trained_ode.control))
+        l2s = jax.vmap(grid.l2, in_axes=(0, None))(rho_ode, reference[-1])
+        out["ode_final_density"] = np.asarray(rho_ode[members.index((len(intervals) - 1, 0))])
         per_seed["ode_final_l2"] = list(np.moveaxis(by_interval(l2s), 1, 0))
         for i, k in enumerate(intervals):
             out["controls_ode"][k] = unstack(trained_ode.control, members.index((i, 0)))
@@ -1070,7 +1067,6 @@ def spearman(x, y) -> float:
     if rx.size < 2:
         raise ValueError(f"spearman: need at least 2 points, got {rx.size}")
     return float(np.corrcoef(rx, ry)[0, 1])
-
 
 
 # --------------------------------------------------------------------------------------------
