@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from odesde import targets
-from odesde.control_study import MixtureScore
+from odesde.studies.neural_sde_control import MixtureScore
 from odesde.fp_grid import Grid, ReverseSDE, reverse_times, solve_fp
 from odesde.sde import VPSDE
 
@@ -44,7 +44,7 @@ CASES = {
 # (isotropic covariances, no Cholesky): isolates the solver from the generic full-covariance
 # score of odesde.targets, which dominates the 2-D time.
 CASES["2-D*"] = CASES["2-D"]
-# "2-D+": the score the chapter's 2-D experiments use, odesde.control_study.MixtureScore (the
+# "2-D+": the score the chapter's 2-D experiments use, odesde.studies.neural_sde_control.MixtureScore (the
 # generic full-covariance closed form with precisions computed from t alone, not per point).
 CASES["2-D+"] = CASES["2-D"]
 

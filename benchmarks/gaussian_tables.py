@@ -12,6 +12,10 @@ NFE mapping of the digest (``N = NFE`` for em/ei/ddpm/euler, ``NFE // 2`` for He
   beta notation: for each (scheme, eps, N) a Python loop over the ``N - 1`` steps, vectorised
   over the eigenvalues (both starts stacked), the way such recursions are usually written.
 
+The same grid cell by cell, as a user would loop over :func:`odesde.gaussian.w2_to_data`
+(6 schemes x N in {250, 1000}, eps = 1e-3, start ``normal``), from cleared caches, against the
+NumPy loop on the same cells: the single-call API's ratio, compilation included.
+
 Both must agree (relative 1e-9; equal infinities), then the ratio is printed. Spectra come
 from :func:`odesde.spectra.load` (published files via ``ODESDE_DATA``) or, when missing, a
 power law of the same size.
@@ -143,7 +147,39 @@ def timed(fn):
 def cold():
     """Forget every compiled program: jax's caches and the core's ahead-of-time loops."""
     jax.clear_caches()
-    gaussian._compiled_w2_grid.cache_clear()
+    gaussian.tables._compiled_w2_grid.cache_clear()
+
+
+CELL_POINTS, CELL_EPS = (250, 1000), 1e-3
+
+
+def bench_cells(lam):
+    """``w2_to_data`` cell by cell (compile included) against the NumPy loop on those cells."""
+    def jax_cells():
+        return np.array([[gaussian.w2_to_data(lam, s, n_points=n, eps=CELL_EPS, start="normal")
+                          for n in CELL_POINTS] for s in SCHEMES])
+
+    def numpy_cells():
+        s0 = np.ones((1, lam.size))
+        with np.errstate(invalid="ignore"):
+            return np.array([[np.sqrt(np.sum((np.sqrt(numpy_final_variance(
+                lam, s0, s, n, CELL_EPS)[0]) - np.sqrt(lam)) ** 2)) for n in CELL_POINTS]
+                for s in SCHEMES])
+
+    cold()
+    jax_vals, t_jax, c_jax = timed(jax_cells)
+    _, t_warm, _ = timed(jax_cells)
+    np_vals, t_np, c_np = timed(numpy_cells)
+    ok, err = agree(jax_vals, np_vals)
+    print(f"  cell by cell, w2_to_data ({len(SCHEMES)} schemes x N in {CELL_POINTS}, "
+          f"eps {CELL_EPS:g}, start normal):")
+    print(f"    JAX (compile included): {t_jax:8.2f} s {c_jax:8.2f} s;  warm {t_warm:.2f} s")
+    print(f"    NumPy loop reference:   {t_np:8.2f} s {c_np:8.2f} s")
+    print(f"    agree: {ok} (max rel diff {err:.1e});  ratio NumPy / JAX, compile included: "
+          f"{t_np / t_jax:.1f}x wall, {c_np / c_jax:.1f}x cpu;  warm: {t_np / t_warm:.1f}x wall")
+    if not ok:
+        raise SystemExit(f"w2_to_data and NumPy disagree (max rel diff {err:.2e})")
+    return t_np / t_jax
 
 
 def bench(name):
@@ -156,13 +192,13 @@ def bench(name):
     jax_vals, t_jax, c_jax = timed(table)
     _, t_warm, c_warm = timed(table)
     # Equal work: the same JAX code with every eigenvalue computed (no deduplication).
-    unique = gaussian._unique
-    gaussian._unique = lambda values: (values, np.ones_like(values))
+    unique = gaussian.tables._unique
+    gaussian.tables._unique = lambda values: (values, np.ones_like(values))
     try:
         cold()
         all_vals, t_all, c_all = timed(table)
     finally:
-        gaussian._unique = unique
+        gaussian.tables._unique = unique
     np_vals, t_np, c_np = timed(lambda: numpy_grid(lam, points))
     ok, err = agree(jax_vals, np_vals)
     ok_all, err_all = agree(all_vals, np_vals)
@@ -179,6 +215,7 @@ def bench(name):
           f"{t_np / t_all:.1f}x wall, {c_np / c_all:.1f}x cpu")
     if not (ok and ok_all):
         raise SystemExit(f"{name}: JAX and NumPy disagree (max rel diff {err:.2e})")
+    bench_cells(lam)
     return t_np / t_jax
 
 

@@ -1,4 +1,4 @@
-"""Costs of Deveney et al.'s retrained experiment (``odesde.ode_sde_study``), and the paper
+"""Costs of Deveney et al.'s retrained experiment (``odesde.studies.ode_sde_gap.retrained``), and the paper
 profile's estimate built from them.
 
 Measures, after compilation, on this machine:
@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 from odesde import metrics  # noqa: E402
-from odesde import ode_sde_study as study  # noqa: E402
+from odesde.studies.ode_sde_gap import retrained as study  # noqa: E402
 
 
 def training_steps(num_steps):

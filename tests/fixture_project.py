@@ -22,7 +22,7 @@ fail: bool = False  # raise in the checks cell, to test failures
 
 ALPHA_CODE = """\
 import numpy as np
-from odesde import figures
+from odesde.companion import figures
 
 figures.use_style()
 x = np.arange(n) * scale + sum(values) + seed
@@ -35,7 +35,7 @@ record = figures.save(fig, "fig-alpha-points", data={"x": x})
 """
 
 ALPHA_CHECKS = """\
-from odesde.checks import Checks
+from odesde.companion.checks import Checks
 
 if fail:
     raise RuntimeError("the check failed on purpose")
@@ -77,7 +77,7 @@ def make_project(root: Path, *, with_package: bool = True) -> Path:
         ALPHA_CHECKS,
     )
     beta = _notebook("Beta", BETA_PARAMETERS, "total = sum(range(steps))\nprint(total)",
-                     "from odesde.checks import Checks\nchecks = Checks()\n"
+                     "from odesde.companion.checks import Checks\nchecks = Checks()\n"
                      "checks.close('the sum of range', total, steps * (steps - 1) / 2)\nchecks.assert_all()")
     nbformat.write(alpha, root / "notebooks" / "alpha.ipynb")
     nbformat.write(beta, root / "notebooks" / "beta.ipynb")

@@ -14,11 +14,11 @@ import nbformat
 import pytest
 
 from conftest import require_in_ci
-from odesde.book import toc_files
+from odesde.companion.book import toc_files
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-ODESDE = [sys.executable, "-m", "odesde.cli", "--root", str(REPO)]
+ODESDE = [sys.executable, "-m", "odesde.companion.cli", "--root", str(REPO)]
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def test_every_notebook_is_in_the_book():
 
 
 def toc_files_repo():
-    from odesde.pipeline import Project
+    from odesde.companion.pipeline import Project
 
     return toc_files(Project.at(REPO))
 

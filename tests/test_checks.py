@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from odesde.checks import CheckFailed, Checks
+from odesde.companion.checks import CheckFailed, Checks
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The controllability chapter's orchestration (odesde.control_study), on small grids."""
+"""The controllability chapter's orchestration (odesde.studies.neural_sde_control), on small grids."""
 
 import math
 
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odesde import control_study as cs
+from odesde.studies import neural_sde_control as cs
+from odesde.utils.background import Background
 from odesde.fp_grid import Grid
 
 OU = cs.ou_process(3.0)
@@ -209,14 +210,14 @@ def test_e0_sanity_2d_and_the_2d_w2_check():
 
 
 def test_background_returns_and_raises():
-    job = cs.Background(lambda a, b=1: a + b, 2, b=3)
+    job = Background(lambda a, b=1: a + b, 2, b=3)
     assert job.result() == 5 and job.seconds >= 0
 
     def fail():
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        cs.Background(fail).result()
+        Background(fail).result()
 
 
 def test_e4_ode_budget_grows_with_the_gap():

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from odesde import gaussian, published
+from odesde import gaussian
+from odesde.studies import gaussian_exact_errors as published
+from odesde.utils.printed import matches_printed
 from odesde.sde import VESDE, VPSDE
 
 V4 = published.PIERRET_GALERNE_V4
@@ -39,7 +41,7 @@ def test_pre_icml_table_every_cell(pre_icml):
             for start, text, x in zip(("pT", "N0"), cell, values):
                 where = f"{scheme} eps={eps} column {col} {start}: computed {x!r}, printed {text}"
                 # 0.005 for two-decimal cells, half a unit of the mantissa for E cells.
-                assert published.matches_printed(float(x), text), where
+                assert matches_printed(float(x), text), where
                 if gaussian.format_value(x) != text:
                     mismatched_format.append(where)
     assert not mismatched_format, mismatched_format
@@ -51,10 +53,10 @@ def test_float64_anchors(published_data):
     for scheme in ("em", "ei", "euler", "heun", "sde", "ode"):
         x = gaussian.w2_to_data(lam, scheme, n_points=1000, eps=0.0, start="normal")
         assert isinstance(x, float)
-        assert published.matches_printed(x, anchors[scheme]), (scheme, x)
+        assert matches_printed(x, anchors[scheme]), (scheme, x)
     init = float(gaussian.w2(gaussian.initial_variance(lam, "normal"),
                              gaussian.initial_variance(lam, "pT")))
-    assert published.matches_printed(init, anchors["initialisation"]), init
+    assert matches_printed(init, anchors["initialisation"]), init
 
 
 def test_2025_spectrum_infinite_heun_rk4_and_heun_conventions(published_data):
@@ -280,6 +282,23 @@ def test_table_layout_and_continuous_columns():
     v = gaussian.final_variances(lam, "em", n_points=60, eps=1e-3, start="normal")
     assert float(gaussian.w2(v, lam)) == pytest.approx(table[1, 1, 1, 0], rel=1e-12)
     assert table[2, 0, 0, 0] == math.inf  # zero eigenvalue, Heun, eps = 0
+
+
+def test_single_cells_compile_once_per_scheme_group_and_match_the_table():
+    from odesde.studies.score_fpe import CompileCounter
+
+    # A spectrum size no other test uses (700 distinct values pad to 1024): nothing compiled yet.
+    lam = np.concatenate([np.geomspace(1e-4, 50.0, 699), [0.0]])
+    points, eps = (30, 300, 1500), (0.0, 1e-3)
+    with CompileCounter() as counter:
+        cells = np.array([[[gaussian.w2_to_data(lam, s, n_points=n, eps=e, start="pT")
+                            for n in points] for e in eps] for s in gaussian.SCHEMES])
+    assert counter.names.count("jit(_w2_cell)") == len(set(gaussian.tables.CELL_GROUPS.values()))
+    table = gaussian.w2_table(lam, schemes=gaussian.SCHEMES, eps=eps, n_points=points,
+                              starts=("pT",))[..., 0]
+    finite = np.isfinite(table)
+    np.testing.assert_array_equal(np.isinf(cells), ~finite)  # Heun and RK4 at eps = 0
+    np.testing.assert_allclose(cells[finite], table[finite], rtol=1e-12)
 
 
 def test_format_value():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from odesde import fokker_planck, linear_gap as lg, metrics, samplers
-from odesde.published import matches_printed
-from odesde.published_deveney import (
+from odesde.utils.printed import matches_printed
+from odesde.studies.ode_sde_gap.published import (
     BOUND_TIGHTNESS_RANGE, EXACT_SCORE_GRID_GAP, LINEAR_GAUSSIAN_REFERENCE,
 )
 from odesde.sde import OUSDE

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from odesde import metrics, published_deveney, targets
-from odesde.published import matches_printed
+from odesde import metrics, targets
+from odesde.studies.ode_sde_gap import published as published_deveney
+from odesde.utils.printed import matches_printed
 from odesde.sde import VPSDE
 
 # Deveney et al. digest, Sec. 7: ODE-SDE W2^2 on the released histograms, 3.5 grid.

@@ -199,7 +199,7 @@ def test_bad_options_raise_clear_errors():
 
 
 def test_loss_weights_are_array_leaves_and_equal_settings_share_one_compiled_step():
-    from odesde.score_fpe_study import CompileCounter
+    from odesde.studies.score_fpe import CompileCounter
 
     sde, data = VPSDE(), toy_data()
     a = training.ScoreFPELoss(training.DSMLoss(sde, t_min=1e-2), weight=1e-3, scalar_weight=0.1)

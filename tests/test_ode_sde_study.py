@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from odesde import metrics, nets, training
-from odesde import ode_sde_study as st
+from odesde.studies.ode_sde_gap import retrained as st
 
 TINY = st.StudyConfig(beta=10.0, width=8, depth=2, batch_size=32, num_collocation=16,
                       num_steps=6)

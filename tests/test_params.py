@@ -5,7 +5,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from odesde.params import ParameterError, parse_parameters_cell, resolve
+from odesde.companion.params import ParameterError, parse_parameters_cell, resolve
 
 CELL = """\
 seed: int = 0  # [0, 2**31-1] root of every key

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from fixture_project import REPO, make_project
-from odesde import pipeline, provenance
-from odesde.params import ParameterError
-from odesde.pipeline import PipelineError, Project
+from odesde.companion import pipeline
+from odesde.utils import files, provenance
+from odesde.companion.params import ParameterError
+from odesde.companion.pipeline import PipelineError, Project
 
 pytestmark = pytest.mark.slow
-ODESDE = [sys.executable, "-m", "odesde.cli"]
+ODESDE = [sys.executable, "-m", "odesde.companion.cli"]
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_failing_notebook_is_named_kept_and_isolated(project):
     completed = cli(project, "run", "--profile", "smoke", "-p", "fail=true", "--keep-going")
     assert completed.returncode == 1
     assert "error: notebook 'alpha' failed: RuntimeError in cell" in completed.stderr
-    assert "(`from odesde.checks import Checks`)" in completed.stderr
+    assert "(`from odesde.companion.checks import Checks`)" in completed.stderr
     assert "the check failed on purpose" in completed.stderr
     failed = project.executed_dir / "alpha.failed.ipynb"
     assert str(failed) in completed.stderr
@@ -218,7 +219,7 @@ def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
     target = tmp_path / "out.json"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with provenance.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
@@ -313,14 +314,14 @@ def test_clean_removes_build(project):
 
 
 def test_book_refuses_unexecuted_notebooks(project):
-    from odesde.book import build
+    from odesde.companion.book import build
 
     with pytest.raises(PipelineError, match="notebook 'alpha' is in _toc.yml but has no executed copy"):
         build(project, quiet=True)
 
 
 def test_fixture_book_builds_strictly_with_numbered_citable_figures(project):
-    from odesde.book import build
+    from odesde.companion.book import build
 
     shutil.copytree(REPO / "book" / "_ext", project.root / "book" / "_ext")
     shutil.copyfile(REPO / "book" / "favicon.svg", project.root / "book" / "favicon.svg")

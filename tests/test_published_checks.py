@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from odesde import published
-from odesde.checks import CheckFailed, Checks
+from odesde.studies import gaussian_exact_errors as published
+from odesde.utils.printed import half_unit, matches_printed
+from odesde.companion.checks import CheckFailed, Checks
 
 
 @pytest.mark.parametrize(
@@ -13,17 +14,17 @@ from odesde.checks import CheckFailed, Checks
                       ("5.467e-3", 5e-7), ("1805.14", 0.005)],
 )
 def test_half_unit_of_last_printed_digit(printed, half):
-    assert published.half_unit(printed) == pytest.approx(half)
+    assert half_unit(printed) == pytest.approx(half)
 
 
 def test_matches_printed():
-    assert published.matches_printed(0.6549, "0.65")
-    assert not published.matches_printed(0.6551, "0.65")
-    assert published.matches_printed(6.74e-4, "6.7E-4")
-    assert not published.matches_printed(6.76e-4, "6.7E-4")
-    assert published.matches_printed(float("inf"), "-")
-    assert not published.matches_printed(1e9, "-")
-    assert published.matches_printed(0.0, "0") and not published.matches_printed(1e-6, "0")
+    assert matches_printed(0.6549, "0.65")
+    assert not matches_printed(0.6551, "0.65")
+    assert matches_printed(6.74e-4, "6.7E-4")
+    assert not matches_printed(6.76e-4, "6.7E-4")
+    assert matches_printed(float("inf"), "-")
+    assert not matches_printed(1e9, "-")
+    assert matches_printed(0.0, "0") and not matches_printed(1e-6, "0")
 
 
 def test_v4_table_is_complete():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from odesde import released
-from odesde.published import matches_printed
-from odesde.published_deveney import (
+from odesde.utils.printed import matches_printed
+from odesde.studies.ode_sde_gap.published import (
     CHECKER_0_GRID_4, DATASETS, GRID_FACTOR_PRINTED, ODE_SDE_W2, T4_RATIO_RANGE, WEIGHTS,
 )
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odesde import score_fpe_study as st
+from odesde.studies import score_fpe as st
+from odesde.utils.background import compile_ahead, wait_all
 from odesde import targets, training
 from odesde.sde import VESDE, VPSDE
 
@@ -202,7 +203,7 @@ def test_background_compilation_serves_the_later_calls():
     labels = [label for label, _, _ in programs]
     assert "5-D: DSM + FP step" in labels and "5-D: DSM fine-tune step" not in labels
     with st.CompileCounter() as ahead:
-        seconds = st.BackgroundCompiler(programs, workers=2).wait()
+        seconds = wait_all(compile_ahead(programs))
     assert set(seconds) == set(labels) and ahead.count >= len(labels)
     with st.CompileCounter() as later:
         _, tuned = st.train_lambda_grid(mix, VP, cfg, lambdas=[0.0, 1e-3], seeds=[0],
@@ -220,6 +221,6 @@ def test_background_compilation_serves_the_later_calls():
     big = {"jit(_train_step)", "jit(_residuals)", "jit(_asymmetry)", "jit(_nll_block)",
            "jit(_scalar_terms)", "jit(_scaling_terms)", "jit(_perturb)", "jit(_init_model)"}
     assert not big & set(later.names), later.names
-    failing = st.BackgroundCompiler([("broken", st._residuals, (None,))], workers=1)
+    failing = compile_ahead([("broken", st._residuals, (None,))])
     with pytest.raises(RuntimeError, match="broken"):
-        failing.wait()
+        wait_all(failing)

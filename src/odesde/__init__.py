@@ -13,8 +13,12 @@ Modules, one idea each:
   FP-regularised training.
 - :mod:`odesde.flow`: the adaptive probability-flow ODE and its likelihood.
 - :mod:`odesde.metrics`: Wasserstein distances, grid norms, NLL, Jacobian asymmetry.
-- :mod:`odesde.figures`, :mod:`odesde.checks`, :mod:`odesde.published`: the book's plots,
-  checks and published targets; :mod:`odesde.pipeline`, :mod:`odesde.cli`: ``odesde run``.
+- :mod:`odesde.linear_gap`: the exact ODE–SDE gap and its bounds for linear-Gaussian scores.
+- :mod:`odesde.released`: the authors' released artefacts of the ODE–SDE paper, read safely.
+
+Above them (``src/odesde/README.md``): :mod:`odesde.studies`, one study per chapter, and
+:mod:`odesde.companion`, the machinery that runs, checks and publishes the book; below them,
+:mod:`odesde.utils`. A layer never imports one above it.
 """
 
 import jax
@@ -23,8 +27,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from . import (  # noqa: E402
-    control, flow, fokker_planck, fp_grid, gaussian, metrics, nets, samplers, sde, spectra,
-    targets, training,
+    control, flow, fokker_planck, fp_grid, gaussian, linear_gap, metrics, nets, released,
+    samplers, sde, spectra, targets, training,
 )
 from .control import PiecewiseControl, SinePerturbedScore, train_control  # noqa: E402
 from .fp_grid import Grid, ReverseODE, ReverseSDE, ode_log_density, solve_fp  # noqa: E402
@@ -43,9 +47,7 @@ __all__ = [
     "GaussianMixture", "Grid", "OUSDE", "PiecewiseControl", "PotentialMLP", "ReverseODE",
     "ReverseSDE", "SDE", "ScoreMLP", "SinePerturbedScore", "TwoIntervals", "UniformBoxes",
     "VESDE", "VPSDE", "control", "flow", "fokker_planck", "fp_grid", "gaussian",
-    "grid_w2_squared", "log_density_fp_residual", "metrics", "nets", "ode_log_density",
-    "sample", "samplers", "score_fpe_residual", "sde", "solve_fp", "spectra", "targets",
+    "grid_w2_squared", "linear_gap", "log_density_fp_residual", "metrics", "nets", "ode_log_density",
+    "released", "sample", "samplers", "score_fpe_residual", "sde", "solve_fp", "spectra", "targets",
     "train", "train_control", "training", "w2_table", "w2_to_data",
 ]
-from . import control_study  # noqa: E402,F401  (the controllability chapter's experiments)
-from . import ode_sde_study  # noqa: E402,F401  (the ODE–SDE gap chapter's retrained experiment)

@@ -21,8 +21,12 @@ import numpy as np
 from jaxtyping import Float
 
 from . import metrics, spectra
-from .published_deveney import DATASETS, WEIGHTS
-from .provenance import atomic_open
+from .utils.files import atomic_open, sha256
+
+DATASETS = ("blob", "circles2", "checker")
+"""The released data sets, in the digest's column order (Mixture, Circles, Checkerboard)."""
+WEIGHTS = ("0.0", "0.1", "1.0", "10.0")
+"""The FP weights ``w_R`` as they appear in the released file names."""
 
 Kind = Literal["sde", "ode", "truth"]
 KINDS = ("sde", "ode", "truth")
@@ -104,7 +108,7 @@ def find(name: str) -> Path | None:
 
 
 def _check_sha(path: Path, name: str) -> None:
-    actual = spectra.sha256(path)
+    actual = sha256(path)
     if not actual.startswith(SHA256_PREFIX[name]):
         raise ValueError(
             f"{path} has sha256 {actual[:16]}..., expected the released file's "

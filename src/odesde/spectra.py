@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg
 from jaxtyping import Float, UInt8
 
-from .provenance import atomic_open
+from .utils.files import atomic_open, sha256
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 """The official CIFAR-10 download (python pickle batches)."""
@@ -79,15 +79,6 @@ def _missing(filename: str, why: str) -> FileNotFoundError:
         f"{filename} not found (looked in: {where}) and it cannot be computed here: {why}. "
         f"Set ODESDE_DATA to a folder that holds {filename}, or put it in {cache_dir()}."
     )
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_sha(path: Path, prefix: str) -> None:

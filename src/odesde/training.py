@@ -36,7 +36,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm import tqdm  # text bars: no widget state in executed notebooks
 
 from . import fokker_planck as fp
-from .provenance import atomic_open
+from .utils.files import atomic_open
 from .sde import OUSDE, SDE
 
 __all__ = [

@@ -3,18 +3,17 @@
 ``shared/papers/deveney_ode_sde_gap.md``, Sec. 7: the ODE–SDE ``W2^2`` recomputed by the digest
 with exact ``emd2`` on the authors' released histograms, on the consistent 3.5 grid, kept as the
 printed strings (matched to half a unit of their last digit with
-:func:`odesde.published.matches_printed`). Sec. 6: the factor of the 4.0-grid convention.
+:func:`odesde.utils.printed.matches_printed`). Sec. 6: the factor of the 4.0-grid convention.
 Sec. 8.2: the reference values of the book's own linear-Gaussian test. These are targets for
 checks only, never results.
 """
 
 from __future__ import annotations
 
-DATASETS = ("blob", "circles2", "checker")
-"""The released data sets, in the digest's column order (Mixture, Circles, Checkerboard)."""
+from ...released import DATASETS, WEIGHTS  # noqa: F401  (the release's grid, named here too)
+
 DATASET_LABELS = {"blob": "Mixture", "circles2": "Circles", "checker": "Checkerboard"}
-WEIGHTS = ("0.0", "0.1", "1.0", "10.0")
-"""The FP weights ``w_R`` as they appear in the released file names."""
+"""The digest's column names of the released data sets."""
 
 #: ODE–SDE ``W2^2``, 3.5 grid (digest Sec. 7), printed digits: ``ODE_SDE_W2[(dataset, weight)]``.
 ODE_SDE_W2 = {

@@ -18,7 +18,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from . import __version__, figures
+from .. import __version__
+from . import figures
 from .pipeline import PipelineError, Project
 
 _GLUE_FIGURE = re.compile(r"^(`{3,}|:{3,})\{glue:figure\}\s+(\S+)\s*$")
@@ -103,7 +104,7 @@ def figure_index(project: Project, base_url: str) -> str:
         "# Figure index",
         "",
         "Every figure of the book, generated from the provenance manifest written by",
-        "`odesde.figures.save` when the notebooks ran. Each entry links to the figure, offers",
+        "`odesde.companion.figures.save` when the notebooks ran. Each entry links to the figure, offers",
         "it as PNG, PDF and SVG (the provenance record is embedded in each file's metadata",
         "and given as JSON), and gives a BibTeX entry naming the book, its version, the git",
         "commit and the figure's anchor.",
@@ -168,7 +169,7 @@ def results_overview(project: Project, notebooks: list[str]) -> str:
         "# Results overview",
         "",
         "Every reproduced number, inequality and trend of the book, with the paper's value and",
-        "the book's, generated from the checks that end each chapter (`odesde.checks`) in the",
+        "the book's, generated from the checks that end each chapter (`odesde.companion.checks`) in the",
         "run that built this book. A check that does not hold fails its notebook, so a built",
         "book lists only checks that held, with one exception: criteria a chapter names in",
         "advance as possibly out of reach (reconstructed thresholds, trends a budget cannot",

@@ -1,17 +1,15 @@
-"""Where a result came from: commit, package versions, hashes; and atomic file writes."""
+"""Where a result came from: commit, package versions, machine, hashes of data and trees."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -149,34 +147,3 @@ def data_sha256(data: Any) -> str | None:
 
     feed(data)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` that replaces it only if the block completes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_open(target: Path) -> Iterator:
-    """A binary file that becomes ``target`` (flushed to disk) only if the block completes."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def write_json_atomic(target: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

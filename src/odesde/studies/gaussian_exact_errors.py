@@ -1,8 +1,10 @@
-"""Published values: the targets that the book's checks compare against, never its results.
+"""The Gaussian chapter's published targets (Pierret & Galerne, arXiv:2405.14250).
 
-Each value is transcribed from the paper digests in ``shared/papers/`` and carries the
-tolerance the digest states. Notebooks and tests read them from here, so a target is written
-once.
+``notebooks/gaussian_exact_errors.ipynb`` computes everything with :mod:`odesde.gaussian` and
+:mod:`odesde.spectra`; this study holds what it compares against, transcribed from the digest
+``shared/papers/pierret_galerne.md``: the pre-ICML CIFAR-10 table and the float64 anchors,
+matched to half a unit of their last printed digit (:mod:`odesde.utils.printed`). They are
+targets for checks only, never results.
 """
 
 from __future__ import annotations
@@ -81,19 +83,3 @@ PIERRET_GALERNE_ANCHORS = {
     "ode": "0.07296",
     "initialisation": "5.467e-3",
 }
-
-
-def half_unit(printed: str) -> float:
-    """Half a unit of the last printed digit: ``"0.65"`` -> 0.005, ``"6.7E-4"`` -> 5e-6."""
-    mantissa, _, exponent = printed.lower().partition("e")
-    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (-decimals + (int(exponent) if exponent else 0))
-
-
-def matches_printed(value: float, printed: str) -> bool:
-    """Whether ``value`` is within half a unit of the last digit of ``printed`` (``"-"`` = inf)."""
-    if printed == "-":
-        return value == float("inf")
-    if printed == "0":  # the paper prints 0 only for an exact zero
-        return abs(value) <= 1e-12
-    return abs(value - float(printed)) <= half_unit(printed) * (1 + 1e-9)

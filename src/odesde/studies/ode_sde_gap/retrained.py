@@ -15,7 +15,7 @@ residual), :mod:`odesde.samplers` (EM and Euler on the paper's grid) and :mod:`o
   common random numbers across ``w_R`` (the same data, times, noise and collocation points
   every step; digest D5), each model from its own initialisation. Checkpointed under a
   file name that hashes every training parameter and reused when complete (the mechanism of
-  :mod:`odesde.score_fpe_study`);
+  :mod:`odesde.studies.score_fpe`);
 - :func:`sample_pair`: the paper's reverse-SDE (EM, last step drift-only) and probability-flow
   (Euler) samplers on the 890-evaluation grid with the fine tail, from common initial points;
 - :func:`evaluate_model`: binned exact ``W2^2`` (ODE–SDE, ODE–truth, SDE–truth; digest Sec. 6),
@@ -44,9 +44,10 @@ from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 from tqdm import tqdm
 
-from . import fokker_planck as fp
-from . import metrics, nets, provenance, samplers, targets, training
-from .sde import OUSDE
+from ... import fokker_planck as fp
+from ... import metrics, nets, samplers, targets, training
+from ...sde import OUSDE
+from ...utils import provenance
 
 __all__ = [
     "DATASETS",

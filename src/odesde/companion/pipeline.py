@@ -27,7 +27,9 @@ from typing import Any
 import nbformat
 import yaml
 
-from . import figures, params, provenance
+from ..utils import provenance
+from ..utils.files import atomic_path, write_json_atomic
+from . import figures, params
 
 PROFILES = ("smoke", "quick", "paper")
 
@@ -195,7 +197,7 @@ def plan(
         values.update({k: v for k, v in overrides.items() if k in declared[name]})
         resolved = params.resolve(declared[name], values, notebook=name)
         jobs.append(Job(name=name, path=notebooks[name], parameters=resolved))
-    from .spectra import search_dirs
+    from ..spectra import search_dirs
 
     fingerprint = {
         "profile": profile,
@@ -227,7 +229,7 @@ def _kernel_spec_dir(project: Project) -> Path:
     }
     path = folder / "kernels" / "odesde" / "kernel.json"
     if not path.exists() or json.loads(path.read_text()) != spec:
-        provenance.write_json_atomic(path, spec)
+        write_json_atomic(path, spec)
     return folder
 
 
@@ -293,7 +295,7 @@ def _describe_failure(output: Path, err) -> str:
 
 def _publish(project: Project, name: str, entry: Path) -> None:
     """Makes a cache entry the current result of ``name``: executed notebook and figures."""
-    with provenance.atomic_path(project.executed_dir / f"{name}.ipynb") as tmp:
+    with atomic_path(project.executed_dir / f"{name}.ipynb") as tmp:
         shutil.copyfile(entry / "notebook.ipynb", tmp)
     (project.executed_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
     new = figures.read_manifest(entry / "figures")
@@ -307,17 +309,17 @@ def _publish(project: Project, name: str, entry: Path) -> None:
             del manifest[fig_name]
     (project.figures_dir / f"checks-{name}.json").unlink(missing_ok=True)
     for path in sorted((entry / "figures").glob("fig-*.*")) + sorted((entry / "figures").glob("checks-*.json")):
-        with provenance.atomic_path(project.figures_dir / path.name) as tmp:
+        with atomic_path(project.figures_dir / path.name) as tmp:
             shutil.copyfile(path, tmp)
     manifest.update(new)
-    provenance.write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
 
 
 def _unpublish(project: Project, name: str, staging: Path) -> Path:
     """Keeps a failed run's executed copy for inspection; the stale result is withdrawn."""
     failed = project.executed_dir / f"{name}.failed.ipynb"
     if (staging / "notebook.ipynb").exists():
-        with provenance.atomic_path(failed) as tmp:
+        with atomic_path(failed) as tmp:
             shutil.copyfile(staging / "notebook.ipynb", tmp)
     (project.executed_dir / f"{name}.ipynb").unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)

@@ -19,7 +19,9 @@ import dataclasses
 import math
 from typing import Any
 
-from . import figures, provenance
+from ..utils import files
+from ..utils.printed import half_unit, matches_printed
+from . import figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +53,6 @@ class Checks:
 
     def printed(self, claim: str, value: float, printed: str) -> bool:
         """``value`` matches a published number to its printed digits."""
-        from .published import half_unit, matches_printed
-
         tolerance = "exact (inf)" if printed == "-" else (
             "exact zero" if printed == "0" else f"±{half_unit(printed):.1g} (half a unit)")
         return self.add(claim, matches_printed(value, printed), paper=printed,
@@ -118,7 +118,7 @@ class Checks:
         """Writes the checks to ``checks-NOTEBOOK.json`` beside the figures."""
         context = figures.run_context()
         path = figures.figures_dir() / f"checks-{context['notebook']}.json"
-        provenance.write_json_atomic(path, {
+        files.write_json_atomic(path, {
             **context, "checks": [dataclasses.asdict(c) for c in self.entries],
         })
 

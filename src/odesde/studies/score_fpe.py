@@ -47,15 +47,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import fokker_planck as fp
-from . import flow, metrics, nets, provenance, training
-from .sde import SDE
-from .targets import GaussianMixture
+from .. import flow, metrics, nets, training
+from .. import fokker_planck as fp
+from ..sde import SDE
+from ..targets import GaussianMixture
+from ..utils import provenance
 
 __all__ = [
     "four_gaussians",
     "CompileCounter",
-    "BackgroundCompiler",
     "chapter_programs",
     "draw",
     "log_prob",
@@ -603,53 +603,10 @@ def step_seconds(loss, model, data, *, batch_size: int, repeats: int, key: PRNGK
     return float(np.median(times))
 
 
-class BackgroundCompiler:
-    """Compiles jitted programs ahead of time in worker threads while the caller works on.
-
-    XLA releases the GIL while it compiles, so on a CPU with idle cores the programs of a later
-    stage compile while an earlier stage runs. ``programs`` are ``(label, jitted, args)``
-    triples (:func:`chapter_programs`): each is ``jitted.lower(*args).compile()``, which fills
-    the compilation cache that a later call ``jitted(*same-structure args)`` hits. Call
-    :meth:`wait` before the first of those calls: a program still compiling would otherwise be
-    compiled a second time by the caller.
-
-    Args:
-        programs: what to compile, in the order of need.
-        workers: threads (2: one per core of this project's reference machine).
-    """
-
-    def __init__(self, programs, *, workers: int = 2):
-        import concurrent.futures
-
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"BackgroundCompiler: workers must be a positive int, got {workers!r}")
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "odesde-compile")
-        self._futures = [(label, self._pool.submit(self._compile, fn, args))
-                         for label, fn, args in programs]
-        self.seconds: dict[str, float] = {}
-
-    @staticmethod
-    def _compile(fn, args) -> float:
-        start = time.perf_counter()
-        fn.lower(*args).compile()
-        return time.perf_counter() - start
-
-    def wait(self) -> dict[str, float]:
-        """Block until every program is compiled; returns each one's compile seconds (as
-        measured in its thread). A failed compilation raises here, naming its label."""
-        for label, future in self._futures:
-            try:
-                self.seconds[label] = future.result()
-            except Exception as err:
-                raise RuntimeError(f"background compilation of {label!r} failed: {err}") from err
-        self._pool.shutdown()
-        return self.seconds
-
-
 def chapter_programs(targets: dict, configs: dict, sde: SDE, *, lambdas, n_nll: int,
                      n_scaling: int, key: PRNGKeyArray):
     """The programs of ``notebooks/score_fpe.ipynb`` from its training on, for
-    :class:`BackgroundCompiler`: per mixture (``targets[name]`` with ``configs[name]``)
+    :func:`odesde.utils.background.compile_ahead`: per mixture (``targets[name]`` with ``configs[name]``)
 
     - the training steps of :func:`train_lambda_grid` (DSM at ``lr``, DSM at ``finetune_lr``
       when it differs, DSM + FP at ``finetune_lr`` if some ``lambda > 0``) and the step of

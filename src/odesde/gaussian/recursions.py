@@ -11,7 +11,8 @@ For data ``N(0, Sigma)`` every law in the reverse process is a centred Gaussian 
 - the closed-form ``W2`` between co-diagonal centred Gaussians.
 
 Everything is float64. The recursions run as one ``lax`` loop over steps, vectorised over
-eigenvalues, truncation times and schemes. The forward SDE defaults to the paper's VP SDE
+eigenvalues, truncation times and schemes; :mod:`odesde.gaussian.tables` runs them over whole
+tables. The forward SDE defaults to the paper's VP SDE
 (:meth:`odesde.sde.VPSDE.pierret_galerne`); the formulas are written for any
 ``dx = f x dt + g dw`` whose ``g^2 / (-2 f)`` is constant (every VP SDE) and reduce to the
 digest's table for the paper's.
@@ -20,11 +21,6 @@ digest's table for the paper's.
 from __future__ import annotations
 
 import functools
-import math
-import os
-from collections.abc import Mapping, Sequence
-import concurrent.futures
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import jax
@@ -33,7 +29,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
-from .samplers import (
+from ..samplers import (
     ODE_SCHEMES,
     SCHEMES,
     SDE_SCHEMES,
@@ -44,7 +40,7 @@ from .samplers import (
     step_size,
     time_grid,
 )
-from .sde import SDE, VPSDE
+from ..sde import SDE, VPSDE
 
 PIERRET_GALERNE = VPSDE.pierret_galerne()
 """The paper's forward SDE: ``dx = -beta x dt + sqrt(2 beta) dw``, beta 0.05 -> 10, T = 1."""
@@ -320,10 +316,7 @@ def _max_steps(n_points_max: int) -> int:
     return max(64, 1 << (int(n_points_max) - 2).bit_length())
 
 
-# A few thousand scalars: LLVM's optimisations would cost more compile time than they save.
-@functools.partial(jax.jit, static_argnames=("max_steps",),
-                   compiler_options={"xla_backend_optimization_level": 0})
-def _step_tables(sde, eps, n_points, *, max_steps):
+def _step_table_values(sde, eps, n_points, *, max_steps):
     """Per-step scalars of every scheme, shape ``(E, max_steps, ...)``, for ``eps`` ``(E,)``.
 
     Steps past ``N - 2`` repeat the last one (never used). One small program for all
@@ -346,11 +339,26 @@ def _step_tables(sde, eps, n_points, *, max_steps):
     }
 
 
-def _propagate(lam, s0, tables, n_points, schemes):
+# A few thousand scalars: LLVM's optimisations would cost more compile time than they save.
+_step_tables = jax.jit(_step_table_values, static_argnames=("max_steps",),
+                       compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _table_scalars(tables):
+    """The per-step scalars of :func:`_propagate`, read from :func:`_step_tables` of one eps."""
+    at = lambda node, k: tuple(x[k] for x in node)  # noqa: E731
+    return lambda k: {"dt": tables["dt"], "left": at(tables["left"], k),
+                      "right": at(tables["right"], k), "mid": at(tables["mid"], k),
+                      "affine": tuple(x[k] for x in tables["affine"])}
+
+
+def _propagate(lam, s0, scalars, n_points, schemes, affine_index=None):
     """Final variances ``v_{N-1}`` of each scheme from each start; shape ``(S, *s0.shape)``.
 
-    ``tables``: :func:`_step_tables` of one truncation time; ``s0``: ``(n_starts, d)``.
-    ``n_points`` is traced: one compilation serves every ``N``. Shared work:
+    ``scalars(k)``: the step's scalars (:func:`_table_scalars`);
+    ``s0``: ``(n_starts, d)``. ``n_points`` is traced: one compilation serves every ``N``.
+    ``"affine"`` in ``schemes`` is the affine scheme ``AFFINE_SCHEMES[affine_index]``, the
+    index traced: one compilation serves em, ei, ddpm and euler. Shared work:
 
     - every scheme and start uses the same ``1 / lambda_i(t_k)``; Heun and RK4 reuse their
       right endpoint's as the next left endpoint's;
@@ -359,107 +367,50 @@ def _propagate(lam, s0, tables, n_points, schemes):
       ``inf * 0 = nan`` where Heun/RK4 are infinite, so it is not used for them);
     - one state array per scheme (not a stacked one), which XLA fuses into a single pass.
     """
-    dt = tables["dt"]
     unique = tuple(dict.fromkeys(schemes))
     ode = [s for s in ("heun", "rk4") if s in unique]
-    at = lambda node, k: tuple(x[k] for x in node)  # noqa: E731
+    carries_variance = SDE_SCHEMES + ("affine",)
 
     def body(k, carry):
         states, inv_r = carry
-        left = at(tables["left"], k)
+        step = scalars(k)
+        dt, left, affine = step["dt"], step["left"], step["affine"]
         if not ode:
             inv_r = _inverse_variance(left, lam)
-        a2 = {}
+        a2, b2 = {}, {}
         for s in unique:
-            if s in AFFINE_SCHEMES:
-                j = AFFINE_SCHEMES.index(s)
-                a2[s] = (tables["affine"][0][k, j] + tables["affine"][1][k, j] * inv_r) ** 2
+            if s in AFFINE_SCHEMES or s == "affine":
+                j = affine_index if s == "affine" else AFFINE_SCHEMES.index(s)
+                a2[s] = (affine[0][j] + affine[1][j] * inv_r) ** 2
+                b2[s] = affine[2][j]
         if ode:
-            right = at(tables["right"], k)
+            right = step["right"]
             inv_next = _inverse_variance(right, lam)
             h0, h1 = _rate(left, inv_r), _rate(right, inv_next)
             h_mid = None
             if "rk4" in ode:
-                mid = at(tables["mid"], k)
+                mid = step["mid"]
                 h_mid = _rate(mid, _inverse_variance(mid, lam))
             for s in ode:
                 a2[s] = _ode_multiplier(s, dt, h0, h_mid, h1) ** 2
             inv_r = inv_next
         new = []
         for s, x in zip(unique, states):
-            if s in SDE_SCHEMES:
-                new.append(a2[s] * x + tables["affine"][2][k, AFFINE_SCHEMES.index(s)])
-            else:
-                new.append(a2[s] * x)
+            new.append(a2[s] * x + b2[s] if s in carries_variance else a2[s] * x)
         return tuple(new), inv_r
 
     d = lam.shape[-1]
-    states = tuple(s0 if s in SDE_SCHEMES else jnp.ones(d) for s in unique)
-    inv_0 = _inverse_variance(at(tables["left"], 0), lam) if ode else jnp.zeros(d)
+    states = tuple(s0 if s in carries_variance else jnp.ones(d) for s in unique)
+    inv_0 = _inverse_variance(scalars(0)["left"], lam) if ode else jnp.zeros(d)
     states, _ = lax.fori_loop(0, n_points - 1, body, (states, inv_0))
-    final = {s: x if s in SDE_SCHEMES else x * s0 for s, x in zip(unique, states)}
+    final = {s: x if s in carries_variance else x * s0 for s, x in zip(unique, states)}
     return jnp.stack([final[s] for s in schemes])
 
 
-_propagate_jit = jax.jit(_propagate, static_argnames=("schemes",),
-                         compiler_options={"xla_backend_optimization_level": 1})
-
-
-# LLVM's level 1 vectorises these loops as well as the default, compiling ~40% faster.
-@functools.partial(jax.jit, static_argnames=("schemes", "chunk"),
+@functools.partial(jax.jit, static_argnames=("schemes",),
                    compiler_options={"xla_backend_optimization_level": 1})
-def _w2_grid(lam, weights, tables, n_points, sde, *, schemes, chunk=2048):
-    """W2 to the data for every (scheme, eps, start); shape ``(S, E, n_starts)``.
-
-    Eigenvalues run in chunks so that the loop's state stays in cache (chunks pad with
-    ``lambda = 1`` of weight 0, where every scheme is finite).
-    """
-    d = lam.shape[0]
-    chunk = min(chunk, d)
-    n_chunks = -(-d // chunk)
-    pad = n_chunks * chunk - d
-    lam_c = jnp.concatenate([lam, jnp.ones(pad)]).reshape(n_chunks, chunk)
-    w_c = jnp.concatenate([weights, jnp.zeros(pad)]).reshape(n_chunks, chunk)
-
-    def per_chunk(args):
-        lam, weights = args
-        s0 = jnp.stack([initial_variance(lam, start, sde=sde) for start in STARTS])
-
-        def per_eps(tables_e):
-            v = _propagate(lam, s0, tables_e, n_points, schemes)
-            return jnp.sum(weights * (jnp.sqrt(v) - jnp.sqrt(lam)) ** 2, axis=-1)
-
-        return jax.vmap(per_eps, out_axes=1)(tables)
-
-    return jnp.sqrt(jnp.sum(lax.map(per_chunk, (lam_c, w_c)), axis=0))
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_w2_grid(d, table_shapes, sde, schemes):
-    """:func:`_w2_grid` compiled ahead of time for ``d`` eigenvalues and these table shapes.
-
-    Ahead-of-time so that the compilations of several scheme groups can run in parallel
-    threads before the step tables exist; cached here because lowered programs do not share
-    ``jax.jit``'s own cache.
-    """
-    treedef, leaves = table_shapes
-    tables = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(*leaf) for leaf in leaves])
-    lam = jax.ShapeDtypeStruct((d,), jnp.float64)
-    n = jax.ShapeDtypeStruct((), jnp.asarray(2).dtype)
-    return _w2_grid.lower(lam, lam, tables, n, sde, schemes=schemes).compile()
-
-
-@functools.partial(jax.jit, static_argnames=("flow",))
-def _w2_continuous(lam, weights, eps, sde, *, flow):
-    def per_eps(e):
-        out = []
-        for start in STARTS:
-            s0 = initial_variance(lam, start, sde=sde)
-            out.append(w2(exact_variance(lam, e, flow=flow, s0=s0, sde=sde), lam,
-                          weights=weights))
-        return jnp.stack(out)
-
-    return jax.vmap(per_eps)(eps)
+def _propagate_tables(lam, s0, tables, n_points, schemes):
+    return _propagate(lam, s0, _table_scalars(tables), n_points, schemes)
 
 
 def _unique(lam: np.ndarray, bucket: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -522,8 +473,8 @@ def final_variances(
     _check_scheme_grid(sde, scheme, n_points, eps)
     tables = _step_tables(sde, jnp.asarray([eps], dtype=float), jnp.asarray(n_points),
                           max_steps=_max_steps(n_points))
-    v = _propagate_jit(jnp.asarray(lam), s0[None], jax.tree.map(lambda x: x[0], tables),
-                       jnp.asarray(n_points), schemes=(scheme,))
+    v = _propagate_tables(jnp.asarray(lam), s0[None], jax.tree.map(lambda x: x[0], tables),
+                          jnp.asarray(n_points), schemes=(scheme,))
     return v[0, 0]
 
 
@@ -532,178 +483,6 @@ def _check_scheme_grid(sde, scheme, n_points, eps):
     check_sde_supports(sde, scheme)
     if scheme == "ddpm":
         check_ddpm_steps(sde, int(n_points), float(eps))
-
-
-def w2_to_data(lam: Float[ArrayLike, " d"], scheme: str, *, n_points: int, eps: float,
-               start: Start) -> float:
-    """``W2`` between the output of ``scheme`` and the data ``N(0, diag(lam))``.
-
-    Pierret & Galerne's tables: the paper's VP SDE, ``n_points`` grid points (``N - 1``
-    steps) uniform in backward time, stopped at forward time ``eps``, started from ``p_T``
-    (``"pT"``) or ``N(0, I)`` (``"normal"``); always compared with ``p_0``. ``"sde"`` and
-    ``"ode"`` give the exact continuous solutions (``n_points`` ignored). Zero eigenvalues at
-    ``eps = 0`` make Heun and RK4 infinite: the result is then ``inf``.
-
-    Args:
-        lam: data eigenvalues (any order; ``-0.0`` allowed).
-        scheme: ``"em"``, ``"ei"``, ``"ddpm"``, ``"euler"``, ``"heun"``, ``"rk4"``, ``"sde"``
-            or ``"ode"``.
-        n_points: ``N``; see :func:`nfe_to_points` for the NFE conventions.
-        eps: truncation time, ``0 <= eps < 1``.
-        start: ``"pT"`` or ``"normal"``.
-
-    Returns:
-        The distance, a Python float.
-    """
-    values = w2_table(lam, schemes=(scheme,), eps=(eps,), n_points=(n_points,), starts=(start,))
-    return float(values[0, 0, 0, 0])
-
-
-def nfe_to_points(nfe: int, scheme: str, *, heun_points: str = "corrected") -> int:
-    """Grid points ``N`` of ``scheme`` for a budget of ``nfe`` score evaluations.
-
-    Digest Sec. 3, NFE accounting: ``N = NFE`` for em/ei/ddpm/euler, ``N = NFE // 4`` for
-    rk4, and for heun either ``NFE // 2`` (``heun_points="corrected"``: Figure 1 and the
-    intended mapping) or ``NFE`` (``"as_published"``: what the ICML appendix table's Heun row
-    was computed with, because of an ``if/if/else`` slip in the authors' loop).
-
-    Args:
-        nfe: number of function evaluations.
-        scheme: one of :data:`odesde.samplers.SCHEMES`.
-        heun_points: ``"corrected"`` or ``"as_published"``.
-
-    Returns:
-        ``N``, the number of grid points.
-    """
-    check_scheme(scheme)
-    if heun_points not in HEUN_POINTS:
-        raise ValueError(f"heun_points={heun_points!r}: allowed are {HEUN_POINTS}")
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-        raise ValueError(f"nfe={nfe!r} must be a positive integer")
-    if scheme == "heun":
-        n = nfe if heun_points == "as_published" else nfe // 2
-    elif scheme == "rk4":
-        n = nfe // 4
-    else:
-        n = nfe
-    if n < 2:
-        raise ValueError(f"nfe={nfe} gives n_points={n} < 2 for scheme={scheme!r}")
-    return int(n)
-
-
-def table_points(
-    nfe: Sequence[int], schemes: Sequence[str], *, heun_points: str = "corrected"
-) -> dict[str, tuple[int, ...]]:
-    """``{scheme: (N per NFE column)}`` for :func:`w2_table` (continuous flows get the NFE)."""
-    return {
-        s: tuple(nfe) if s in CONTINUOUS else tuple(
-            nfe_to_points(n, s, heun_points=heun_points) for n in nfe)
-        for s in schemes
-    }
-
-
-def w2_table(
-    lam: Float[ArrayLike, " d"],
-    *,
-    schemes: Sequence[str] = SCHEMES,
-    eps: Sequence[float],
-    n_points: Sequence[int] | Mapping[str, Sequence[int]],
-    starts: Sequence[str] = STARTS,
-    sde: SDE = PIERRET_GALERNE,
-) -> np.ndarray:
-    """A whole table of ``W2(output, p_0)``: schemes x eps x columns x starts.
-
-    Pierret & Galerne's CIFAR/ADSN tables. Schemes sharing the same list of ``N`` run in one
-    loop (one compilation for all ``N``, vectorised over eps, eigenvalues and schemes; both
-    starts from one pass); repeated eigenvalues are computed once.
-
-    Args:
-        lam: data eigenvalues.
-        schemes: row blocks; schemes of :data:`odesde.samplers.SCHEMES` or ``"sde"``/``"ode"``
-            (the "Continuous" column; the same value in every column).
-        eps: truncation times.
-        n_points: grid points per column, either one sequence for all schemes (pre-ICML
-            table: ``N`` grid points) or ``{scheme: sequence}`` of equal lengths (ICML table:
-            see :func:`table_points`).
-        starts: ``"pT"`` and/or ``"normal"``.
-        sde: the forward SDE.
-
-    Returns:
-        float64 array of shape ``(len(schemes), len(eps), n_columns, len(starts))``.
-    """
-    lam = as_spectrum(lam)
-    T = float(sde.T)
-    schemes = tuple(schemes)
-    eps = tuple(float(e) for e in eps)
-    if not schemes or not eps or not starts:
-        raise ValueError(f"w2_table needs at least one scheme, eps and start, got "
-                         f"schemes={schemes}, eps={eps}, starts={tuple(starts)}")
-    for s in schemes:
-        _validate_common(s, eps, T)
-    for s in starts:
-        _check_start(s)
-    if isinstance(n_points, Mapping):
-        missing = [s for s in schemes if s not in n_points]
-        if missing:
-            raise ValueError(f"n_points has no entry for schemes {missing}")
-        points = {s: tuple(n_points[s]) for s in schemes}
-    else:
-        points = {s: tuple(n_points) for s in schemes}
-    n_cols = {len(p) for p in points.values()}
-    if len(n_cols) != 1 or 0 in n_cols:
-        raise ValueError(f"n_points must give the same (non-zero) number of columns to every "
-                         f"scheme, got "
-                         f"{ {s: len(p) for s, p in points.items()} }")
-    (n_col,) = n_cols
-    for s in dict.fromkeys(schemes):
-        if s in CONTINUOUS:
-            continue
-        check_sde_supports(sde, s)
-        for n in points[s]:
-            for e in eps:
-                check_grid(n, e, T)
-                if s == "ddpm":
-                    check_ddpm_steps(sde, int(n), e)
-
-    values, weights = _unique(lam)
-    lam_j, w_j, eps_j = jnp.asarray(values), jnp.asarray(weights), jnp.asarray(eps)
-    out = np.empty((len(schemes), len(eps), n_col, len(STARTS)))
-    groups: dict[tuple[int, ...], dict[str, list[int]]] = {}
-    for row, s in enumerate(schemes):
-        if s in CONTINUOUS:
-            res = np.asarray(_w2_continuous(lam_j, w_j, eps_j, sde, flow=s))
-            out[row] = res[:, None, :]
-        else:
-            groups.setdefault(points[s], {}).setdefault(s, []).append(row)
-
-    max_steps = _max_steps(max((n for pts in groups for n in pts), default=2))
-    n_struct = jax.ShapeDtypeStruct((), jnp.asarray(2).dtype)
-    leaves, treedef = jax.tree.flatten(
-        _step_tables.eval_shape(sde, eps_j, n_struct, max_steps=max_steps))
-    table_shapes = (treedef, tuple((leaf.shape, leaf.dtype) for leaf in leaves))
-
-    def run_group(pts, group, tables):
-        compiled = _compiled_w2_grid(lam_j.shape[0], table_shapes, sde, tuple(group))
-        for j, n in enumerate(pts):
-            res = np.asarray(compiled(lam_j, w_j, tables[n].result(), jnp.asarray(n), sde))
-            for res_s, rows in zip(res, group.values()):
-                out[rows, :, j, :] = res_s
-
-    # Each group's loop compiles in its own thread (XLA releases the GIL), heaviest first, while
-    # this thread compiles and fills the step tables they will need: cold, the compilations
-    # overlap instead of queueing.
-    order = sorted(groups.items(), key=lambda g: -sum(g[0]) * len(g[1]))
-    with ThreadPoolExecutor(max_workers=len(order) + 1) as pool:
-        tables = {n: concurrent.futures.Future() for pts in groups for n in pts}
-        futures = [pool.submit(run_group, pts, group, tables) for pts, group in order]
-        for n, future in tables.items():
-            try:
-                future.set_result(_step_tables(sde, eps_j, jnp.asarray(n), max_steps=max_steps))
-            except BaseException as err:  # the group threads must not wait forever
-                future.set_exception(err)
-        for future in futures:
-            future.result()
-    return out[..., [STARTS.index(s) for s in starts]]
 
 
 def w2_along_time(
@@ -795,23 +574,6 @@ def eigenvalue_errors(
     return np.abs(np.sqrt(lam) - np.sqrt(np.asarray(v)))
 
 
-def format_value(x: float) -> str:
-    """The paper's printed format: ``0``, ``-`` for ``inf``, ``{:.1E}`` below ``1e-2`` or
-    above ``1e2`` (exponent unpadded as printed: ``6.7E-4``, ``1.2E+3``), else two decimals.
-    """
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "-"
-    if x == 0.0:
-        return "0"
-    if abs(x) < 1e-2 or abs(x) > 1e2:
-        mantissa, exponent = f"{x:.1E}".split("E")
-        return f"{mantissa}E{int(exponent):+d}".replace("E-0", "E-")
-    return f"{x:.2f}"
-
-
 __all__ = [
     "CONTINUOUS",
     "ODE_SCHEMES",
@@ -825,14 +587,9 @@ __all__ = [
     "eigenvalue_errors",
     "exact_variance",
     "final_variances",
-    "format_value",
     "initial_variance",
     "marginal_spectrum",
-    "nfe_to_points",
     "step_coefficients",
-    "table_points",
     "w2",
     "w2_along_time",
-    "w2_table",
-    "w2_to_data",
 ]

@@ -22,7 +22,8 @@ from typing import Any
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 
-from . import provenance
+from ..utils import provenance
+from ..utils.files import atomic_path, write_json_atomic
 
 #: Okabe & Ito's colour-blind safe palette (black last: it is kept for references).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -119,7 +120,7 @@ def save(fig, name: str, *, data: Any = None, caption: str = "", glue: bool = Tr
         "svg": {"Title": name, "Description": text, "Date": None},
     }
     for fmt, meta in metadata.items():
-        with provenance.atomic_path(folder / f"{name}.{fmt}") as tmp:
+        with atomic_path(folder / f"{name}.{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, metadata=meta)
     _update_manifest(folder / "manifest.json", name, record)
     if glue:
@@ -136,7 +137,7 @@ def _update_manifest(path: Path, name: str, record: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = json.loads(path.read_text()) if path.exists() else {}
         manifest[name] = record
-        provenance.write_json_atomic(path, manifest)
+        write_json_atomic(path, manifest)
 
 
 def read_manifest(folder: Path | None = None) -> dict[str, dict]:
