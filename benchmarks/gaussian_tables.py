@@ -20,7 +20,7 @@ Both must agree (relative 1e-9; equal infinities), then the ratio is printed. Sp
 from :func:`odesde.spectra.load` (published files via ``ODESDE_DATA``) or, when missing, a
 power law of the same size.
 
-    python benchmarks/gaussian_tables.py [--spectra cifar10-2025 adsn-fabric]
+    python benchmarks/gaussian_tables.py [--spectra cifar10-2025 adsn-fabric] [--cells-only]
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ def cold():
     """Forget every compiled program: jax's caches and the core's ahead-of-time loops."""
     jax.clear_caches()
     gaussian.tables._compiled_w2_grid.cache_clear()
+    gaussian.tables._CELL_JOBS.clear()
 
 
 CELL_POINTS, CELL_EPS = (250, 1000), 1e-3
@@ -223,10 +224,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spectra", nargs="+", default=["cifar10-2025", "adsn-fabric"],
                         choices=["cifar10-2024", "cifar10-2025", "adsn-fabric"])
+    parser.add_argument("--cells-only", action="store_true",
+                        help="only the cell-by-cell w2_to_data loop against NumPy")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float64")
     for name in args.spectra:
-        bench(name)
+        if args.cells_only:
+            lam, label = get_spectrum(name)
+            print(f"[{name}: {label}, d={lam.size}]")
+            bench_cells(gaussian.as_spectrum(lam))
+        else:
+            bench(name)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ import pytest  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# In CI, property tests draw the same examples every run: a failure there is reproducible, and a
+# green run is not luck. Locally they explore.
+import hypothesis  # noqa: E402
+
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if IN_CI:
+    hypothesis.settings.load_profile("ci")
+
 
 def require_in_ci(reason: str):
     """Skip outside CI, fail in CI: for tests that need something only CI guarantees."""

@@ -40,12 +40,18 @@ from odesde.companion.checks import Checks
 if fail:
     raise RuntimeError("the check failed on purpose")
 checks = Checks()
-checks.true("the figure names its notebook", record["notebook"] == "alpha", paper="alpha", book=record["notebook"])
+checks.true("the figure names its notebook", record["notebook"] == "alpha", paper="alpha", book=record["notebook"],
+            oracle="closed form")
+checks.less("n is at most the registered bound", n, checks.threshold("n-bound"), oracle="book criterion",
+            criterion="n-bound")
+checks.measured("the last point", float(x[-1]))
+display(checks.report())
 checks.assert_all()
 """
 
 BETA_PARAMETERS = """\
 steps: int = 2  # [1, 10] loop length
+hang: bool = False  # sleep in a cell, to test the cell timeout
 """
 
 
@@ -76,9 +82,11 @@ def make_project(root: Path, *, with_package: bool = True) -> Path:
         """),
         ALPHA_CHECKS,
     )
-    beta = _notebook("Beta", BETA_PARAMETERS, "total = sum(range(steps))\nprint(total)",
+    beta = _notebook("Beta", BETA_PARAMETERS,
+                     "import time\nwhile hang:\n    time.sleep(1)\ntotal = sum(range(steps))\nprint(total)",
                      "from odesde.companion.checks import Checks\nchecks = Checks()\n"
-                     "checks.close('the sum of range', total, steps * (steps - 1) / 2)\nchecks.assert_all()")
+                     "checks.close('the sum of range', total, steps * (steps - 1) / 2, oracle='closed form')\n"
+                     "checks.assert_all()")
     nbformat.write(alpha, root / "notebooks" / "alpha.ipynb")
     nbformat.write(beta, root / "notebooks" / "beta.ipynb")
     profiles = {
@@ -88,6 +96,14 @@ def make_project(root: Path, *, with_package: bool = True) -> Path:
     }
     for name, text in profiles.items():
         (root / "notebooks" / "profiles" / f"{name}.yaml").write_text(text)
+    (root / "notebooks" / "criteria.yaml").write_text(textwrap.dedent("""\
+        alpha:
+          n-bound:
+            claim: the fixture's n stays small
+            threshold: 10
+            reason: a bound the fixture sets itself
+            source: tests/fixture_project.py
+        """))
     shutil.copyfile(REPO / "_config.yml", root / "_config.yml")
     (root / "_toc.yml").write_text(textwrap.dedent("""\
         format: jb-book

@@ -30,7 +30,7 @@ def build_dir(tmp_path_factory):
 def smoke_run(build_dir):
     completed = subprocess.run(
         [*ODESDE, "--build-dir", str(build_dir), "run", "--profile", "smoke"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=1800,  # four notebooks, about 4 minutes
     )
     return completed
 
@@ -39,7 +39,8 @@ def smoke_run(build_dir):
 def html_dir(smoke_run, build_dir):
     assert smoke_run.returncode == 0, smoke_run.stdout + smoke_run.stderr
     completed = subprocess.run(
-        [*ODESDE, "--build-dir", str(build_dir), "book"], capture_output=True, text=True
+        [*ODESDE, "--build-dir", str(build_dir), "book"], capture_output=True, text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
     return build_dir / "html"
@@ -58,6 +59,48 @@ def test_every_notebook_runs_with_the_smoke_profile(smoke_run, build_dir):
         errors = [o for c in executed.cells if c.cell_type == "code"
                   for o in c.get("outputs", []) if o.output_type == "error"]
         assert not errors
+
+
+def test_every_notebook_records_and_asserts_its_checks(smoke_run, build_dir):
+    from odesde.companion.checks import GATING_KINDS, KINDS, ORACLES
+
+    for name in notebooks():
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c.source for c in nb.cells if c.cell_type == "code"]
+        assert "checks.assert_all()" in code[-1], name
+        entries = json.loads((build_dir / "figures" / f"checks-{name}.json").read_text())["checks"]
+        assert entries, name
+        for entry in entries:
+            assert entry["kind"] in KINDS, (name, entry)
+            if entry["kind"] in GATING_KINDS + ("differs",):
+                assert entry["oracle"] in ORACLES and entry["gates"] == (entry["kind"] != "differs")
+            else:
+                assert entry["passed"] is None and not entry["gates"]
+
+
+def test_overview_counts_equal_the_checks_files(html_dir, build_dir):
+    from odesde.companion.checks import STATUSES, count_statuses
+
+    page = (build_dir / "book" / "book" / "results.md").read_text()
+    for name in notebooks():
+        entries = json.loads((build_dir / "figures" / f"checks-{name}.json").read_text())["checks"]
+        counts = count_statuses(entries)
+        row = f"| {{doc}}`../notebooks/{name}` | `smoke` | " + " | ".join(
+            str(counts[k]) for k in STATUSES) + " |"
+        assert row in page, (row, page[:3000])
+        assert sum(counts.values()) == len(entries)
+
+
+def test_overview_links_reach_the_chapters_check_rows(html_dir):
+    import re
+
+    results = (html_dir / "book" / "results.html").read_text()
+    for name in notebooks():
+        chapter = (html_dir / "notebooks" / f"{name}.html").read_text()
+        targets = set(re.findall(rf'href="../notebooks/{name}.html#(check-\d+)"', results))
+        assert targets, name
+        missing = [t for t in targets if f'id="{t}"' not in chapter]
+        assert not missing, (name, missing[:5])
 
 
 def test_every_notebook_is_in_the_book():

@@ -246,3 +246,66 @@ def test_rank_correlation_and_slope():
     with pytest.raises(ValueError, match="at least 2"):
         cs.spearman([1], [2])
 
+
+
+def test_decreases_is_r3s_reading_of_a_decrease_in_k():
+    assert cs.decreases([0.48, 0.40, 0.34, 0.336, 0.25, 0.21], 1.1)  # the paper run's shape
+    assert cs.decreases([1.0, 1.08, 0.9], 1.1)  # a rise within the slack
+    assert not cs.decreases([1.0, 1.2, 0.5], 1.1)  # a rise beyond it
+    assert not cs.decreases([1.0, 0.9, 1.0], 1.1)  # the last not below the first
+    assert not cs.decreases([1.0, 1.0], 1.5)
+    assert not cs.decreases([1.0, 0.5, 0.54], 1.05)  # 0.54 > 1.05 x 0.5
+    with pytest.raises(ValueError, match="at least 2 values"):
+        cs.decreases([1.0], 1.1)
+    with pytest.raises(ValueError, match="slack must be >= 1"):
+        cs.decreases([1.0, 0.5], 0.9)
+
+
+def test_sde_density_keeps_mass_and_positivity_for_any_step():
+    """The chapter records its solver's mass and positivity as measured: they are properties of the
+    scheme (zero-flux finite volumes, an M-matrix per implicit step), tested here where an explicit
+    step would break them: the chapter's finest grid (1024 cells) down to t_0 = 0.01 in 20 steps
+    (dt / dx^2 up to ~1e4), with E1's roughest perturbation (eta = 0.1, k = 64), and in 2-D."""
+    from odesde.control import SinePerturbedScore
+
+    setup = cs.Setup(OU, cs.make_target("two-intervals"), Grid(1024, 6.0), 0.01)
+    for eta, k in ((0.0, 1.0), (0.1, 64.0)):
+        score = SinePerturbedScore(setup.target, OU, eta=eta, frequency=k)
+        rho = cs.sde_density(setup, score, 20, save_every=5)
+        masses = np.asarray(jax.vmap(setup.grid.mass)(rho))
+        np.testing.assert_allclose(masses, masses[0], rtol=1e-12, atol=0)
+        assert float(jnp.min(rho)) >= 0.0
+    setup2 = cs.Setup(OU, cs.make_target("mixture-2d"), Grid(48, 4.5, dim=2), 0.01)
+    rho = cs.sde_density(setup2, cs.exact_score(setup2.target, OU), 6, save_every=3)
+    masses = np.asarray(jax.vmap(setup2.grid.mass)(rho))
+    np.testing.assert_allclose(masses, masses[0], rtol=1e-12, atol=0)
+    assert float(jnp.min(rho)) >= 0.0
+
+
+def test_the_chapters_criteria_are_declared():
+    """Every criterion the chapter names is declared in the registry (``$ODESDE_CRITERIA`` or
+    notebooks/criteria.yaml) under ``neural_sde_control``, and every declared one is used: a
+    threshold where the chapter reads one, ``may_differ: true`` exactly for those it records with
+    ``may_differ``."""
+    import json
+    import os
+    import re
+    from pathlib import Path
+
+    from odesde.companion.checks import load_registry
+
+    root = Path(__file__).resolve().parents[1]
+    cells = json.loads((root / "notebooks" / "neural_sde_control.ipynb").read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    read = set(re.findall(r'\bT\("([\w-]+)"\)', code)) | set(re.findall(r'threshold\("([\w-]+)"\)', code))
+    gating = set(re.findall(r'criterion="([\w-]+)"', code))
+    differing = set(re.findall(r'may_differ\(\s*"([\w-]+)"', code))
+    assert read and gating and differing
+    path = Path(os.environ.get("ODESDE_CRITERIA") or root / "notebooks" / "criteria.yaml")
+    declared = load_registry(path).get("neural_sde_control", {})
+    assert read | gating | differing == set(declared), (
+        f"used but not declared: {sorted((read | gating | differing) - set(declared))}; "
+        f"declared but unused: {sorted(set(declared) - (read | gating | differing))}")
+    assert all(declared[c].threshold is not None for c in read)
+    assert {c for c in declared if declared[c].may_differ} == differing
+    assert not gating & differing

@@ -60,6 +60,27 @@ def test_constant_shift_of_the_score_has_the_predicted_residual(sde_name):
         assert float(jnp.min(jnp.linalg.norm(r, axis=-1))) > 1e-3
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "ou"])
+def test_scaled_mixture_score_has_the_predicted_residual(sde_name):
+    """``c s`` for the true score ``s`` has residual ``g^2 (c - c^2) J_s^T s`` (derived by hand:
+    ``d_t s`` and the linear terms scale with ``c``, ``|s|^2`` with ``c^2``): the closed form
+    behind the chapter's control ``scaled-residual``."""
+    sde, mix, c = SDES[sde_name], mixture(), 1.05
+    scaled = eqx.Partial(lambda m, x, t: c * m.marginal_score(x, t, sde=sde), mix)
+    for t in (0.01, 0.3, 0.9):
+        x = mix.marginal(sde, t).sample(16, key=jax.random.key(11))
+        r = residuals(scaled, sde, x, jnp.asarray(t))
+
+        def expected(xi, t):
+            s = mix.marginal_score(xi, t, sde=sde)
+            jac = jax.jacfwd(lambda y: mix.marginal_score(y, t, sde=sde))(xi)
+            return sde.diffusion(t) ** 2 * (c - c**2) * (jac.T @ s)
+
+        want = jax.vmap(expected, in_axes=(0, None))(x, t)
+        np.testing.assert_allclose(r, want, rtol=1e-8, atol=1e-9 * float(jnp.max(jnp.abs(want))))
+        assert float(jnp.min(jnp.linalg.norm(want, axis=-1))) > 0
+
+
 def test_perturbed_mixture_score_has_a_large_residual():
     sde, mix = VPSDE(), mixture()
     bumped = eqx.Partial(

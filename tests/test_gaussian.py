@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from odesde import gaussian
+from odesde import gaussian, spectra
 from odesde.studies import gaussian_exact_errors as published
 from odesde.utils.printed import matches_printed
 from odesde.sde import VESDE, VPSDE
@@ -340,3 +340,58 @@ def test_bad_input_errors():
                           n_points={"em": (10, 20), "heun": (10,)})
     with pytest.raises(ValueError, match="at least one"):
         gaussian.w2_table(lam, schemes=("em",), eps=(), n_points=(10,))
+
+
+def test_heun_conventions_share_the_grid_at_twice_the_nfe():
+    """Corrected Heun at NFE = 2n is as-published Heun at NFE = n; at the same NFE they differ."""
+    lam = np.array([1e-3, 0.05, 0.7, 1.0, 12.0, 150.0])
+    as_published = gaussian.table_points((50, 250, 500), ("heun",), heun_points="as_published")
+    corrected = gaussian.table_points((100, 500, 1000), ("heun",), heun_points="corrected")
+    assert as_published == corrected == {"heun": (50, 250, 500)}
+    eps = (1e-4, 1e-3)
+    a = gaussian.w2_table(lam, schemes=("heun",), eps=eps, n_points=as_published)
+    b = gaussian.w2_table(lam, schemes=("heun",), eps=eps, n_points=corrected)
+    np.testing.assert_array_equal(a, b)
+    # The same NFE column: the as-published row spends twice the score evaluations.
+    same_nfe = gaussian.w2_table(lam, schemes=("heun",), eps=eps, n_points=gaussian.table_points(
+        (100, 500, 1000), ("heun",), heun_points="as_published"))
+    assert np.all(np.abs(same_nfe - b) > 1e-8 * b)
+
+
+@pytest.mark.parametrize("name", gaussian.SCHEMES + ("sde", "ode"))
+def test_every_trajectory_starts_at_the_initialisation_error(name):
+    """Figure 1a: at t = T every curve is W2(N(0, I), p_T), computed here from the digest's
+    formulas (B(1) = 5.025) rather than by odesde."""
+    lam = np.concatenate([spectra.power_law(40, exponent=1.5, largest=221.45, n_zeros=3), [1.0]])
+    big_b = 0.05 + 0.5 * (10.0 - 0.05)
+    lam_T = np.exp(-2 * big_b) * lam + 1 - np.exp(-2 * big_b)
+    init = np.sqrt(np.sum((1.0 - np.sqrt(lam_T)) ** 2))
+    n = gaussian.nfe_to_points(200, name) if name in gaussian.SCHEMES else 200
+    t, dist = gaussian.w2_along_time(lam, name, n_points=n, eps=1e-3, start="normal")
+    assert t[0] == 1.0 and dist[0] == pytest.approx(init, rel=1e-12)
+    assert init > 1e-3  # the start is not trivially zero
+    _, from_pt = gaussian.w2_along_time(lam, name, n_points=n, eps=1e-3, start="pT")
+    assert from_pt[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eigenvalue_formula_is_the_bures_distance_of_co_diagonal_gaussians():
+    """W2 by the eigenvalue formula against POT and a NumPy nuclear-norm route, which see the
+    rotated covariance matrices only, on a well-conditioned pair."""
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(5)
+    d = 6
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    lam = rng.uniform(0.05, 20.0, d)
+    v = lam * rng.uniform(0.5, 1.5, d)
+    a, b = q @ np.diag(v) @ q.T, q @ np.diag(lam) @ q.T
+
+    def sqrtm(m):
+        w, vec = np.linalg.eigh(m)
+        return (vec * np.sqrt(w)) @ vec.T
+
+    expected = float(gaussian.w2(v, lam))
+    nuclear = np.trace(a) + np.trace(b) - 2 * np.sum(np.linalg.svd(sqrtm(a) @ sqrtm(b),
+                                                                  compute_uv=False))
+    assert nuclear == pytest.approx(expected**2, rel=1e-10)
+    pot = float(ot.gaussian.bures_wasserstein_distance(np.zeros(d), np.zeros(d), a, b))
+    assert pot == pytest.approx(expected, rel=1e-9)

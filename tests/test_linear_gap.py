@@ -175,6 +175,42 @@ def test_bound_holds_in_other_dimensions(dim):
         m = lg.random_model(dim, eta, key=jax.random.key(10 + dim))
         r = lg.gap_and_bound(m, lg.true_prior(m))
         assert r.w2_squared > 0 and r.bound_one_sided >= r.w2
+        # 1 + |A|/2 >= 1 - lambda_min(A)/2 pointwise: the Lipschitz form is the looser one by
+        # construction (it was a chapter check before it moved here).
+        assert r.bound_lipschitz >= r.bound_one_sided
+
+
+def test_lipschitz_bound_is_not_round_off():
+    """The Lipschitz weight e^{int (1 + |A|/2)} is about e^18 on [0, 10]: a mismatch formed as
+    A - P_S^{-1} kept round-off of order rtol |A| that it amplified to 0.22 for the exact score
+    (true value 0) and to a value that moved 5x with the solver's tolerance at eta = 0.01. The
+    mismatch carried by its Riccati equations gives 0, and values independent of rtol."""
+    exact = lg.recommended_model(0.0)
+    r = lg.gap_and_bound(exact, lg.true_prior(exact))
+    assert abs(r.bound_lipschitz) < 1e-6 and abs(r.bound_one_sided) < 1e-12
+    m = lg.recommended_model(0.01)
+    loose = lg.gap_and_bound(m, lg.true_prior(m), rtol=1e-9, atol=1e-11)
+    tight = lg.gap_and_bound(m, lg.true_prior(m), rtol=1e-13, atol=1e-15)
+    default = lg.gap_and_bound(m, lg.true_prior(m))
+    for other in (loose, default):
+        assert other.bound_lipschitz == pytest.approx(tight.bound_lipschitz, rel=1e-5)
+        assert other.bound_one_sided == pytest.approx(tight.bound_one_sided, rel=1e-6)
+    # Digest G8: with the exact prior the Lipschitz form is about 50x the gap (d = 2 family).
+    assert 40 < default.bound_lipschitz / default.w2 < 60
+
+
+def test_riccati_mismatch_norm_equals_the_moments_one(model):
+    """The mismatch norm the bound integrates, from (E, beta), equals the one formed from the
+    moments, |grad e|^2 = tr(E P_S E) + |b - A mu_S|^2 with E = A - P_S^{-1}, where the latter
+    is accurate (a perturbed model, N(0, I/2) prior)."""
+    prior = lg.standard_prior(model)
+    ts = [8.0, 3.0, 1.0, 0.3, 0.05]
+    E, beta = lg.mismatch_riccati(model, prior, ts)
+    mom = lg.reverse_moments(model, prior, ts)
+    for i, t in enumerate(ts):
+        ours = float(lg._riccati_mismatch_norm(E[i], beta[i], mom.mean_sde[i], mom.cov_sde[i]))
+        ref = float(lg._mismatch_norm(model, t, mom.mean_sde[i], mom.cov_sde[i]))
+        assert ours == pytest.approx(ref, rel=1e-7) and ref > 1e-6
 
 
 def test_bad_input_is_rejected_early():

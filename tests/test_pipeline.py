@@ -32,7 +32,7 @@ def project(tmp_path):
 def cli(project, *args, **kwargs):
     return subprocess.run(
         [*ODESDE, "--root", str(project.root), *args],
-        capture_output=True, text=True, **kwargs,
+        capture_output=True, text=True, timeout=kwargs.pop("timeout", 900), **kwargs,
     )
 
 
@@ -118,6 +118,17 @@ def test_failing_notebook_is_named_kept_and_isolated(project):
     assert sorted(p.name for p in project.cache_dir.iterdir() if not p.name.startswith(".")) == entries_before
 
 
+def test_a_hung_cell_is_stopped_by_the_cell_timeout(project):
+    completed = cli(project, "run", "--profile", "smoke", "--only", "beta", "-p", "hang=true",
+                    "--cell-timeout", "10")
+    assert completed.returncode == 1
+    assert "error: notebook 'beta' failed:" in completed.stderr
+    assert "(`import time`) ran longer than the cell timeout of 10 s" in completed.stderr
+    assert "--cell-timeout" in completed.stderr
+    bad = cli(project, "run", "--profile", "smoke", "--cell-timeout", "0")
+    assert bad.returncode != 0 and "--cell-timeout 0" in bad.stderr
+
+
 def test_failure_stops_remaining_notebooks_without_keep_going(project):
     results = pipeline.run(project, "smoke", overrides={"fail": True}, progress=False)
     assert [(r.name, r.status) for r in results] == [("alpha", "failed"), ("beta", "skipped")]
@@ -170,7 +181,10 @@ def test_cache_key_changes_with_the_data_in_sight(project, tmp_path, monkeypatch
     monkeypatch.setenv("ODESDE_DATA", str(data))
     key = pipeline.plan(project, "smoke")[0].key
     (data / "spectrum.npy").write_bytes(b"0123")
-    assert pipeline.plan(project, "smoke")[0].key != key
+    with_file = pipeline.plan(project, "smoke")[0].key
+    assert with_file != key
+    (data / "spectrum.npy").write_bytes(b"0124")  # the same size, other contents
+    assert pipeline.plan(project, "smoke")[0].key != with_file
     monkeypatch.delenv("ODESDE_DATA")
     assert pipeline.plan(project, "smoke")[0].key != key
 
@@ -205,7 +219,7 @@ def test_interrupted_run_leaves_no_cache_entry(project):
         assert staging, "the run never started executing"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(timeout=60)
     assert not [p for p in project.cache_dir.iterdir() if not p.name.startswith(".tmp-")]
     assert not (project.executed_dir / "alpha.ipynb").exists()
     # The next run ignores the debris and executes from scratch.
@@ -329,6 +343,7 @@ def test_fixture_book_builds_strictly_with_numbered_citable_figures(project):
     index = build(project, quiet=True)
     chapter = (index.parent / "notebooks" / "alpha.html").read_text()
     assert 'id="fig-alpha-points"' in chapter
+    assert 'id="check-1"' in chapter and 'id="check-3"' in chapter  # rows the overview links to
     assert "Fig. 1" in chapter  # numbered, and {numref} resolved to the number
     import re
 
@@ -339,5 +354,42 @@ def test_fixture_book_builds_strictly_with_numbered_citable_figures(project):
         assert list((index.parent / "_downloads").rglob(f"fig-alpha-points.{ext}")), ext
     assert (index.parent / "_static" / "mathjax" / "tex-chtml.js").is_file()
     results = re.sub(r"<[^>]+>", "", (index.parent / "book" / "results.html").read_text())
-    assert "the figure names its notebook" in results and "trend reproduced" in results
-    assert "the sum of range" in results and "agrees" in results
+    assert "the figure names its notebook" in results and "reproduced" in results
+    assert "the sum of range" in results and "measured" in results
+    assert "n-bound" in results and "a bound the fixture sets itself" in results  # the registry
+
+
+def test_overview_counts_the_checks_and_refuses_what_it_cannot_trust(project):
+    import json
+
+    from odesde.companion.book import results_overview
+
+    pipeline.run(project, "smoke", progress=False)
+    page = results_overview(project, ["alpha", "beta"])
+    assert "| {doc}`../notebooks/alpha` | `smoke` | 0 | 2 | 1 | 0 | 0 |" in page
+    assert "| {doc}`../notebooks/beta` | `smoke` | 0 | 1 | 0 | 0 | 0 |" in page
+    assert '<a href="../notebooks/alpha.html#check-3">3</a>' in page
+    path = project.figures_dir / "checks-alpha.json"
+    record = json.loads(path.read_text())
+    record["checks"][0]["passed"] = False  # a failure that is not a registered difference
+    path.write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match="not a registered 'differs'"):
+        results_overview(project, ["alpha"])
+    record["checks"][0].update(passed=False, kind="differs", criterion="n-bound")
+    path.write_text(json.dumps(record))  # n-bound is declared, but not as one that may differ
+    with pytest.raises(PipelineError, match="not declared 'may_differ: true'"):
+        results_overview(project, ["alpha"])
+    record["checks"][0].update(passed=True, kind="trend", criterion="invented")
+    path.write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match="criterion 'invented' .* is not declared"):
+        results_overview(project, ["alpha"])
+    record["checks"] = []
+    path.write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match="empty list of checks"):
+        results_overview(project, ["alpha"])
+    executed = project.executed_dir / "beta.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    nb.cells[-1].source = nb.cells[-1].source.replace("checks.assert_all()", "pass")
+    nbformat.write(nb, executed)
+    with pytest.raises(PipelineError, match="last code cell must assert"):
+        results_overview(project, ["beta"])

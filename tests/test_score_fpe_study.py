@@ -2,16 +2,18 @@
 the official scalar term's bias, estimator checks."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from odesde.studies import score_fpe as st
-from odesde.utils.background import compile_ahead, wait_all
+from odesde import fokker_planck as fp
 from odesde import targets, training
 from odesde.sde import VESDE, VPSDE
+from odesde.studies import score_fpe as st
+from odesde.utils.background import compile_ahead, wait_all
 
 VP = VPSDE()
 
@@ -73,6 +75,10 @@ def test_lambda_grid_reuses_checkpoints_and_is_deterministic(tmp_path):
     for key in tuned:
         np.testing.assert_array_equal(tuned[key].losses, again[key].losses)
         np.testing.assert_array_equal(tuned[key].losses, fresh[key].losses)
+    # Another seed draws other weights, data and noise: every curve differs.
+    _, other = st.train_lambda_grid(mix, VP, cfg, model_dir=None, **{**kwargs, "seeds": [4]})
+    for lam in kwargs["lambdas"]:
+        assert not np.any(other[(4, lam)].losses == tuned[(3, lam)].losses)
     assert "fp" in tuned[(3, 1e-3)].terms and "fp" not in tuned[(3, 0.0)].terms
     with pytest.raises(ValueError, match="dimension"):
         st.train_lambda_grid(mix, VP, dataclasses.replace(cfg, dim=3), model_dir=None, **kwargs)
@@ -138,6 +144,49 @@ def test_hutchinson_within_standard_error_and_finite_difference_second_order():
     errors = st.finite_difference_errors(score, x, 0.2, scales=[1.0, 0.5])
     order = np.log2(errors[0] / errors[1])
     assert 1.7 < order < 2.3 and errors[0] < 1e-3
+
+
+def test_hutchinson_check_tests_the_library_estimator():
+    """The estimate is ``fokker_planck.divergence(method="hutchinson")`` itself, row by row with
+    the documented keys; the exact trace and the closed-form se do not go through it."""
+    mix = targets.random_mixture(3, 2, key=jax.random.key(3))
+    score = mix.score_fn(VP)
+    x = mix.marginal(VP, 0.3).sample(4, key=jax.random.key(4))
+    key, n = jax.random.key(5), 300
+    out = st.hutchinson_vs_exact(score, x, 0.3, key=key, num_probes=n)
+    t = jnp.asarray(0.3)
+    for xi, ki, est, exact, se in zip(x, jax.random.split(key, 4), out["estimate"], out["exact"],
+                                      out["se"]):
+        fn = lambda y: score(y, t)  # noqa: E731
+        assert est == pytest.approx(float(fp.divergence(fn, xi, method="hutchinson", key=ki,
+                                                        num_probes=n, probe="gaussian")), rel=1e-12)
+        jac = jax.jacfwd(fn)(xi)
+        assert exact == pytest.approx(float(jnp.trace(jac)), rel=1e-12)
+        # The closed-form se agrees with the spread of single-probe library estimates.
+        singles = jax.vmap(
+            lambda k, fn=fn, xi=xi: fp.divergence(fn, xi, method="hutchinson", key=k)
+        )(jax.random.split(ki, 4000))
+        assert float(jnp.std(singles)) / math.sqrt(n) == pytest.approx(float(se), rel=0.1)
+
+
+def test_hutchinson_check_detects_a_bias_of_the_library_estimator(monkeypatch):
+    """A bias of a few standard errors injected into ``fokker_planck.divergence`` fails the
+    chapter's criterion (max |z| <= 4): the check has power and reads the library's function."""
+    mix = st.four_gaussians()
+    x = mix.marginal(VP, 0.2).sample(8, key=jax.random.key(1))
+    def run():
+        return st.hutchinson_vs_exact(mix.score_fn(VP), x, 0.2, key=jax.random.key(2),
+                                      num_probes=2000)
+
+    clean = run()
+    bias = 6 * float(np.max(clean["se"]))
+    original = fp.divergence
+    monkeypatch.setattr(fp, "divergence", lambda *a, **k: original(*a, **k) + bias)
+    biased = run()
+    np.testing.assert_allclose(biased["estimate"] - clean["estimate"], bias, rtol=1e-9)
+    np.testing.assert_array_equal(biased["exact"], clean["exact"])
+    assert np.max(np.abs(clean["estimate"] - clean["exact"]) / clean["se"]) <= 4
+    assert np.min(np.abs(biased["estimate"] - biased["exact"]) / biased["se"]) > 4
 
 
 def test_step_seconds_and_mean_and_se():

@@ -241,3 +241,69 @@ def test_synthetic_texture_is_deterministic_and_gives_an_adsn_spectrum():
     assert np.sum(lam) == pytest.approx(np.sum(periodic**2), rel=1e-12)
     with pytest.raises(ValueError, match="size=4 must be an integer >= 8"):
         spectra.synthetic_texture(4)
+
+
+def test_published_file_is_required_in_the_paper_profile(isolated, monkeypatch):
+    from odesde.studies.gaussian_exact_errors import published_file
+
+    monkeypatch.setenv("ODESDE_DATA", str(isolated / "data"))
+    with pytest.raises(FileNotFoundError) as err:
+        published_file("cifar10-2024", profile="paper")
+    message = str(err.value)
+    assert "cifar10_eigenvalues_2024.npy" in message and "ODESDE_DATA" in message
+    assert str(isolated / "data") in message  # where it looked
+    assert published_file("cifar10-2024", profile="smoke") is None
+    assert published_file("adsn-fabric", profile="quick") is None
+    (isolated / "data").mkdir()
+    np.save(isolated / "data" / "cifar10_eigenvalues_2024.npy", np.ones(3, dtype=np.float32))
+    expected = isolated / "data" / "cifar10_eigenvalues_2024.npy"
+    assert published_file("cifar10-2024", profile="paper") == expected
+    with pytest.raises(ValueError, match="name='cifar10'"):
+        published_file("cifar10", profile="paper")
+
+
+def _periodic_component_dense(u):
+    """Moisan's periodic component by a dense linear solve, without FFTs: the p with the
+    periodic Laplacian of p equal to the interior Laplacian of u, and the same mean as u."""
+    m, n = u.shape
+    index = np.arange(m * n).reshape(m, n)
+    periodic = np.zeros((m * n, m * n))
+    interior = np.zeros(m * n)
+    for i in range(m):
+        for j in range(n):
+            for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                periodic[index[i, j], index[i, j]] += 1.0
+                periodic[index[i, j], index[(i + di) % m, (j + dj) % n]] -= 1.0
+                if 0 <= i + di < m and 0 <= j + dj < n:
+                    interior[index[i, j]] += u[i, j] - u[i + di, j + dj]
+    p = np.linalg.lstsq(periodic, interior, rcond=None)[0]  # minimal norm: mean zero
+    return (p - p.mean() + u.mean()).reshape(m, n)
+
+
+def test_adsn_covariance_in_pixel_space_has_the_computed_eigenvalues():
+    """The ADSN Gaussian X_c = p_c * W (one white noise W for the three channels), its
+    3MN x 3MN covariance built in pixel space, has the eigenvalues adsn_spectrum computes in
+    Fourier: one per frequency, two zeros (rank-one 3x3 blocks), the trace the energy of the
+    periodic component."""
+    rng = np.random.default_rng(7)
+    side = 6
+    image = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    u = np.moveaxis(image / 255.0, -1, 0)
+    t = (u - u.mean(axis=(1, 2), keepdims=True)) / side
+    p = np.stack([_periodic_component_dense(channel) for channel in t])
+    # P[(c, x), z] = p_c(x - z) (circular): Cov X = P P^T.
+    rows = []
+    for c in range(3):
+        for x0 in range(side):
+            for x1 in range(side):
+                rows.append([p[c, (x0 - z0) % side, (x1 - z1) % side]
+                             for z0 in range(side) for z1 in range(side)])
+    big_p = np.array(rows)
+    covariance = big_p @ big_p.T
+    lam = spectra.adsn_spectrum(image)
+    expected = np.linalg.eigvalsh(covariance)
+    np.testing.assert_allclose(np.sort(lam), expected, rtol=0, atol=1e-12 * expected.max())
+    assert np.sum(lam == 0) == 2 * side**2 and np.all(lam[: side**2] > 0)
+    assert lam.sum() == pytest.approx(side**2 * np.sum(p**2), rel=1e-12)
+    # The periodic component matters: the centred image alone has another energy.
+    assert abs(side**2 * np.sum(t**2) - lam.sum()) > 1e-3 * lam.sum()

@@ -12,13 +12,17 @@ cache, else downloads it from the repository's raw path (sha256-checked, atomic 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float
+import scipy.stats
+from jaxtyping import Float, PRNGKeyArray
 
 from . import metrics, spectra
 from .utils.files import atomic_open, sha256
@@ -235,4 +239,154 @@ def w2_table(
                 value = metrics.grid_w2_squared(hist[a], hist[b], half_width=half_width)
                 out[(pair, dataset, weight)] = {"w2_squared": value,
                                                 "seconds": time.perf_counter() - start}
+    return out
+
+
+# --- like for like: the released histograms resampled at a smaller sample size ----------------
+
+_multinomial = jax.jit(lambda key, n, p: jax.random.multinomial(key, n, p))
+
+
+def resample(histogram, n: int, *, key: PRNGKeyArray) -> Float[np.ndarray, " m"]:
+    """The histogram of ``n`` samples drawn from ``histogram``'s weights (multinomial counts
+    ``/ n``): what binning ``n`` samples of the released model would give.
+
+    Args:
+        histogram: non-negative weights summing to 1 (e.g. a released 4096-weight histogram).
+        n: the number of samples, ``>= 1``.
+        key: a ``jax.random`` key; the same key gives the same draw.
+
+    Returns:
+        float64 weights of the same shape, multiples of ``1 / n`` summing to 1, zero wherever
+        ``histogram`` is.
+    """
+    p = np.asarray(histogram, dtype=np.float64)
+    if p.ndim != 1 or p.size < 1 or np.any(~np.isfinite(p)) or np.any(p < 0) \
+            or abs(p.sum() - 1.0) > 1e-9:
+        raise ValueError("resample: histogram must be a 1-D array of non-negative weights "
+                         "summing to 1")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"resample: n must be an integer >= 1, got {n!r}")
+    counts = np.asarray(_multinomial(key, jnp.asarray(float(n), dtype=jnp.float64),
+                                     jnp.asarray(p / p.sum(), dtype=jnp.float64)),
+                        dtype=np.float64)
+    if counts.sum() != n:  # the multinomial's counts are exact integers in float64
+        raise RuntimeError(f"resample: drew {counts.sum()} samples instead of {n}")
+    return counts / n
+
+
+class DrawStats(NamedTuple):
+    """Mean and sample standard deviation (``ddof = 1``) of a statistic over independent draws."""
+
+    mean: float
+    sd: float
+    values: tuple[float, ...]
+
+    def prediction_interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Where one more draw falls with probability ``level`` (normal draws, unknown spread):
+        ``mean -+ t(1/2 + level/2, k - 1) sqrt(1 + 1/k) sd`` for ``k`` draws."""
+        if not 0 < level < 1:
+            raise ValueError(f"level={level!r} must lie in (0, 1)")
+        k = len(self.values)
+        half = float(scipy.stats.t.ppf(0.5 + level / 2, k - 1)) * math.sqrt(1 + 1 / k) * self.sd
+        return self.mean - half, self.mean + half
+
+
+def draw_stats(values) -> DrawStats:
+    """:class:`DrawStats` of the per-draw values of a statistic (at least two)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError(f"draw_stats: needs at least two finite values, got {values!r}")
+    return DrawStats(float(v.mean()), float(v.std(ddof=1)), tuple(float(x) for x in v))
+
+
+def resampled_w2(p, q, *, n_p: int, n_q: int, draws: int, key: PRNGKeyArray,
+                 half_width: float = 3.5) -> np.ndarray:
+    """``W2^2`` between independent multinomial draws of two histograms, one value per draw.
+
+    Draw ``r`` resamples ``p`` at ``n_p`` with ``fold_in(fold_in(key, r), 0)`` and ``q`` at
+    ``n_q`` with ``fold_in(fold_in(key, r), 1)``. With ``q = p`` this is the sampling floor of
+    binned ``W2^2`` at that size.
+
+    Returns:
+        The ``draws`` values of ``W2^2``; :func:`draw_stats` gives their mean and spread.
+    """
+    _check_draws(draws)
+    out = np.zeros(draws)
+    for r in range(draws):
+        k = jax.random.fold_in(key, r)
+        out[r] = metrics.grid_w2_squared(resample(p, n_p, key=jax.random.fold_in(k, 0)),
+                                         resample(q, n_q, key=jax.random.fold_in(k, 1)),
+                                         half_width=half_width)
+    return out
+
+
+def _check_draws(draws) -> None:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2 (a spread needs two), got {draws!r}")
+
+
+def resampled_w2_table(
+    *,
+    n: int,
+    n_truth: int,
+    draws: int,
+    key: PRNGKeyArray,
+    entries: Iterable[tuple[str, str, str]],
+    half_width: float = 3.5,
+    download: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[tuple[str, str, str], np.ndarray]:
+    """Entries of the ``W2^2`` table recomputed on multinomial draws of the released histograms.
+
+    In each draw every histogram an entry needs is resampled once (:func:`resample`): the SDE
+    and ODE histograms of a model at ``n`` samples, the truth of a data set at ``n_truth``
+    (one truth draw per data set and draw, shared by its entries, as one truth histogram is
+    shared by the retrained models of a data set). Keys: ``fold_in(key, draw)``, then the
+    data set, the weight and the kind (their indices in :data:`DATASETS`, :data:`WEIGHTS`,
+    :data:`KINDS`), so an entry's draws do not depend on which other entries are asked for.
+
+    Args:
+        n: samples per model histogram (SDE, ODE).
+        n_truth: samples of the truth histogram.
+        draws: independent draws (``>= 2``: a spread needs two).
+        key: the root ``jax.random`` key.
+        entries: ``(pair, dataset, weight)`` keys as in :func:`w2_table`.
+        half_width: the cost grid (3.5, consistent with the binning).
+        download: allow downloading missing files.
+        progress: called with a short label before each transport problem.
+
+    Returns:
+        ``{(pair, dataset, weight): array of the draws' W2^2}`` (length ``draws``); summarise
+        an entry, or a statistic of entries of the same draws, with :func:`draw_stats`.
+    """
+    _check_draws(draws)
+    entries = [(pair, dataset, _weight_name(weight)) for pair, dataset, weight in entries]
+    for pair, dataset, _ in entries:
+        if pair not in PAIRS:
+            raise ValueError(f"pair={pair!r}: allowed are {', '.join(PAIRS)}")
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset={dataset!r}: allowed are {', '.join(DATASETS)}")
+    full = {}
+    for pair, dataset, weight in entries:
+        for kind in PAIRS[pair]:
+            name = (kind, dataset, None if kind == "truth" else weight)
+            if name not in full:
+                full[name] = load_released(*name, download=download)
+    out = {entry: np.zeros(draws) for entry in entries}
+    for r in range(draws):
+        k_draw = jax.random.fold_in(key, r)
+        drawn = {}
+        for (kind, dataset, weight), histogram in full.items():
+            k = jax.random.fold_in(k_draw, DATASETS.index(dataset))
+            k = jax.random.fold_in(k, len(WEIGHTS) if weight is None else WEIGHTS.index(weight))
+            k = jax.random.fold_in(k, KINDS.index(kind))
+            drawn[(kind, dataset, weight)] = resample(
+                histogram, n_truth if kind == "truth" else n, key=k)
+        for pair, dataset, weight in entries:
+            a, b = (drawn[(kind, dataset, None if kind == "truth" else weight)]
+                    for kind in PAIRS[pair])
+            if progress:
+                progress(f"draw {r + 1}/{draws}: {pair} {dataset} w_R={weight}")
+            out[(pair, dataset, weight)][r] = metrics.grid_w2_squared(a, b, half_width=half_width)
     return out

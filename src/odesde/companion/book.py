@@ -20,6 +20,7 @@ import yaml
 
 from .. import __version__
 from . import figures
+from .checks import REGISTRY, STATUSES, count_statuses, load_registry, status_of
 from .pipeline import PipelineError, Project
 
 _GLUE_FIGURE = re.compile(r"^(`{3,}|:{3,})\{glue:figure\}\s+(\S+)\s*$")
@@ -154,29 +155,15 @@ def figure_index(project: Project, base_url: str) -> str:
     return "\n".join(lines)
 
 
-_STATUS = {
-    ("matched", True): "matched",
-    ("agreement", True): "agrees",
-    ("inequality", True): "holds",
-    ("trend", True): "trend reproduced",
-}
-
-
 def results_overview(project: Project, notebooks: list[str]) -> str:
-    """The results overview page, generated from the checks each notebook recorded."""
-    lines = [
-        "(results-overview)=",
-        "# Results overview",
-        "",
-        "Every reproduced number, inequality and trend of the book, with the paper's value and",
-        "the book's, generated from the checks that end each chapter (`odesde.companion.checks`) in the",
-        "run that built this book. A check that does not hold fails its notebook, so a built",
-        "book lists only checks that held, with one exception: criteria a chapter names in",
-        "advance as possibly out of reach (reconstructed thresholds, trends a budget cannot",
-        "show) are listed as *differs* when they do not hold, with the reason, and the chapter",
-        "discusses them. The *status* says of what kind each entry is.",
-        "",
-    ]
+    """The results overview page, generated from the checks each notebook recorded.
+
+    Refuses a chapter that recorded no checks, one whose last code cell does not assert them,
+    and a failed entry that is not a registered *differs*.
+    """
+    chapters = []
+    path = project.root / REGISTRY
+    registry = load_registry(path) if path.is_file() else {}
     for name in notebooks:
         path = project.figures_dir / f"checks-{name}.json"
         if not path.is_file():
@@ -184,17 +171,96 @@ def results_overview(project: Project, notebooks: list[str]) -> str:
                                 "call checks.assert_all()")
         record = json.loads(path.read_text())
         nb = nbformat.read(project.executed_dir / f"{name}.ipynb", as_version=4)
-        lines += [f"## {notebook_title(nb, name)}", "",
-                  f"From {{doc}}`../notebooks/{name}`, profile `{record.get('profile')}`.", "",
-                  "| claim | paper | book | tolerance | status |", "|---|---|---|---|---|"]
-        for check in record["checks"]:
-            status = _STATUS.get((check["kind"], check["passed"]), "differs" if not check["passed"] else "holds")
-            if check.get("note"):
-                status += f": {check['note']}"
-            cells = [check["claim"], check["paper"], check["book"], check["tolerance"], status]
-            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        if not code or "checks.assert_all()" not in code[-1].source:
+            raise PipelineError(f"notebook {name!r}: its last code cell must assert its checks "
+                                "(checks.assert_all())")
+        if not record["checks"]:
+            raise PipelineError(f"notebook {name!r} recorded an empty list of checks ({path})")
+        declared = registry.get(name, {})
+        for entry in record["checks"]:
+            try:
+                status_of(entry)
+            except ValueError as err:
+                raise PipelineError(f"notebook {name!r}: {err}") from None
+            cid = entry.get("criterion", "")
+            if entry["kind"] == "differs" and not (cid in declared and declared[cid].may_differ):
+                raise PipelineError(f"notebook {name!r}: {entry['claim']!r} differs but criterion "
+                                    f"{cid!r} is not declared 'may_differ: true' in {REGISTRY}")
+            if cid and cid not in declared:
+                raise PipelineError(f"notebook {name!r}: criterion {cid!r} of {entry['claim']!r} "
+                                    f"is not declared in {REGISTRY}")
+        chapters.append((name, notebook_title(nb, name), record))
+
+    lines = [
+        "(results-overview)=",
+        "# Results overview",
+        "",
+        "Every check of the book, with the paper's value and the book's, generated from the checks",
+        "that end each chapter (`odesde.companion.checks`) in the run that built this book. Each entry",
+        "names its *oracle*, where its target comes from: a number the paper prints (`published`), a",
+        "`closed form`, an `independent implementation`, a `Monte-Carlo` estimate, a direction the paper",
+        "claims (`paper trend`) or a threshold the book sets and declares before the run (`book",
+        "criterion`, listed with its reason at the end of this page). *Gates* marks the entries whose",
+        "failure fails the chapter's run; a built book contains none that failed. The others are",
+        "*measured* values (reported without a claim, never counted as reproduced), registered",
+        "criteria that *differ* in this run (with the reason; the chapter discusses them), and checks",
+        "*not checked* by this profile or for missing data (with the reason).",
+        "",
+        "## Summary",
+        "",
+        "| chapter | profile | " + " | ".join(STATUSES) + " |",
+        "|---|---|" + "---|" * len(STATUSES),
+    ]
+    totals = dict.fromkeys(STATUSES, 0)
+    for name, title, record in chapters:
+        counts = count_statuses(record["checks"])
+        totals = {k: totals[k] + counts[k] for k in STATUSES}
+        lines.append(f"| {{doc}}`../notebooks/{name}` | `{record.get('profile')}` | "
+                     + " | ".join(str(counts[k]) for k in STATUSES) + " |")
+    lines += ["| **all** | | " + " | ".join(f"**{totals[k]}**" for k in STATUSES) + " |", ""]
+    for name, title, record in chapters:
+        lines += [f"## {title}", "",
+                  f"From {{doc}}`../notebooks/{name}`, profile `{record.get('profile')}`. Each "
+                  "entry links to its row in the chapter's checks table.", "",
+                  "| | claim | oracle | paper | book | tolerance | status | gates |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for i, entry in enumerate(record["checks"], 1):
+            status = status_of(entry)
+            if entry.get("note"):
+                status += f": {entry['note']}"
+            link = f'<a href="../notebooks/{name}.html#check-{i}">{i}</a>'
+            cells = [entry["claim"], entry.get("oracle", ""), entry["paper"], entry["book"],
+                     entry["tolerance"], status, "yes" if entry.get("gates") else ""]
+            lines.append(f"| {link} | " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
+    lines += _registry_section(project, [name for name, _, _ in chapters])
     return "\n".join(lines)
+
+
+def _registry_section(project: Project, notebooks: list[str]) -> list[str]:
+    """The registry's criteria of these chapters, with their reasons and sources."""
+    try:
+        registry = load_registry(project.root / REGISTRY)
+    except FileNotFoundError:
+        return []
+    lines = ["## Criteria declared before the run", "",
+             f"The registry `{REGISTRY.as_posix()}`: every threshold the book sets itself and "
+             "every criterion a chapter may record as *differs*. A check that is not declared "
+             "here cannot be recorded as *differs*.", "",
+             "| chapter | criterion | claim | threshold | may differ | reason | source |",
+             "|---|---|---|---|---|---|---|"]
+    for name in notebooks:
+        for cid, entry in registry.get(name, {}).items():
+            threshold = "" if entry.threshold is None else f"{entry.threshold:g}"
+            cells = [name, f"`{cid}`", entry.claim, threshold, "yes" if entry.may_differ else "",
+                     entry.reason, entry.source]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def run_table(project: Project, notebooks: list[str]) -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from . import params
-from .pipeline import PROFILES, PipelineError, Project
+from .pipeline import CELL_TIMEOUT, PROFILES, PipelineError, Project
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a parameter of the selected notebooks (value read as YAML)")
     run.add_argument("--force", action="store_true", help="ignore the cache")
     run.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
+    run.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT, metavar="SECONDS",
+                     help=f"stop a cell that runs longer (default {CELL_TIMEOUT:g})")
     run.add_argument("--keep-going", action="store_true",
                      help="after a failure, still run the remaining notebooks")
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             results = run(
                 project, args.profile, only=args.only,
                 overrides=parse_assignments(args.parameter), force=args.force,
-                jobs=args.jobs, keep_going=args.keep_going,
+                jobs=args.jobs, keep_going=args.keep_going, cell_timeout=args.cell_timeout,
             )
             print(summary_table(results))
             print(f"wall time {time.perf_counter() - start:.1f} s")

@@ -84,7 +84,7 @@ class Project:
         return cls(
             root=root,
             build_dir=Path(build_dir).resolve() if build_dir else root / "_build",
-            package_dir=Path(package_dir or Path(__file__).parent).resolve(),
+            package_dir=Path(package_dir or Path(__file__).parents[1]).resolve(),
         )
 
     @property
@@ -204,10 +204,21 @@ def plan(
         "package": provenance.tree_sha256(project.package_dir),
         "environment": provenance.environment_fingerprint(),
         "data": provenance.files_fingerprint(search_dirs()),
+        # The registry holds thresholds the checks read: a changed criterion re-runs the checks.
+        "criteria": _file_fingerprint(project.root / "notebooks" / "criteria.yaml"),
     }
     for job in jobs:
         job.key = cache_key(job, fingerprint)
     return jobs
+
+
+def _file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+CELL_TIMEOUT = 7200.0
+"""Default limit of one cell's execution, seconds: generous (the longest cell of the `paper`
+profile takes about 25 minutes on 2 cores), so that only a hung cell reaches it."""
 
 
 def cache_key(job: Job, fingerprint: dict[str, str]) -> str:
@@ -262,9 +273,13 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         papermill.execute_notebook(
             job["path"], output, parameters=job["parameters"], kernel_name="odesde",
             cwd=job["cwd"], progress_bar=job["progress"], log_output=False, language="python",
+            execution_timeout=job["cell_timeout"],
         )
     except papermill.PapermillExecutionError as err:
         error = _describe_failure(output, err)
+    except TimeoutError as err:  # nbclient's CellTimeoutError
+        error = (f"{_running_cell(output)} ran longer than the cell timeout of "
+                 f"{job['cell_timeout']:g} s (odesde run --cell-timeout) and was stopped: {err}")
     except Exception as err:  # noqa: BLE001 - kernel death, bad notebook: all are failures
         error = f"{type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
@@ -279,6 +294,18 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
         }
         nbformat.write(nb, output)
     return {"error": error, "seconds": seconds}
+
+
+def _running_cell(output: Path) -> str:
+    """The last cell papermill started before execution stopped, as ``cell N (`line`)``."""
+    found = "a cell"
+    if output.exists():
+        for index, cell in enumerate(nbformat.read(output, as_version=4).cells):
+            if cell.cell_type == "code" and cell.get("metadata", {}).get("papermill", {}).get(
+                    "start_time"):
+                first = next((line for line in cell.source.splitlines() if line.strip()), "")
+                found = f"cell {index} (`{first[:60]}`)"
+    return found
 
 
 def _describe_failure(output: Path, err) -> str:
@@ -336,12 +363,21 @@ def run(
     jobs: int = 1,
     keep_going: bool = False,
     progress: bool = True,
+    cell_timeout: float = CELL_TIMEOUT,
 ) -> list[Result]:
-    """Executes the selected notebooks (see the module docstring); returns one result each."""
+    """Executes the selected notebooks (see the module docstring); returns one result each.
+
+    A cell that runs longer than ``cell_timeout`` seconds is stopped and fails its notebook,
+    naming the cell.
+    """
     from tqdm import tqdm
 
     if jobs < 1:
         raise PipelineError(f"--jobs {jobs}: must be at least 1")
+    if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) \
+            or not cell_timeout > 0:
+        raise PipelineError(f"--cell-timeout {cell_timeout!r}: must be a positive number of "
+                            "seconds")
     planned = plan(project, profile, only=only, overrides=overrides)
     project.executed_dir.mkdir(parents=True, exist_ok=True)
     project.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +400,7 @@ def run(
                 "name": job.name, "path": str(job.path), "parameters": job.parameters,
                 "profile": profile, "key": job.key, "commit": commit,
                 "cwd": str(project.notebooks_dir), "jupyter_path": jupyter_path,
-                "progress": progress and jobs == 1, "jobs": jobs,
+                "progress": progress and jobs == 1, "jobs": jobs, "cell_timeout": cell_timeout,
                 "jax_cache": str(project.build_dir / "jax-cache"),
                 "models": str(project.build_dir / "models"),
                 "staging": str(project.cache_dir / f".tmp-{job.name}-{uuid.uuid4().hex[:8]}"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ from jaxtyping import ArrayLike, Float
 
 from ..samplers import SCHEMES, check_ddpm_steps, check_grid, check_scheme, check_sde_supports
 from ..sde import SDE
+from ..utils.background import Background
 from .recursions import (
     AFFINE_SCHEMES,
     CONTINUOUS,
@@ -36,7 +38,6 @@ from .recursions import (
     _max_steps,
     _propagate,
     _table_scalars,
-    _step_table_values,
     _step_tables,
     _unique,
     _validate_common,
@@ -98,16 +99,15 @@ CELL_STEPS = 4096
 per group serves every ``N`` up to ``CELL_STEPS + 1``."""
 
 
-@functools.partial(jax.jit, static_argnames=("group", "max_steps", "chunk"),
+@functools.partial(jax.jit, static_argnames=("group", "chunk"),
                    compiler_options={"xla_backend_optimization_level": 1})
-def _w2_cell(lam, weights, eps, n_points, affine_index, sde, *, group, max_steps, chunk=2048):
+def _w2_cell(lam, weights, tables, n_points, affine_index, sde, *, group, chunk=2048):
     """W2 to the data of one scheme at one ``(eps, N)``, from each start; shape ``(n_starts,)``.
 
-    ``eps``, ``N`` and the affine scheme's index are traced, the step tables have a fixed
-    length: one compilation per group serves every cell of a table.
+    ``tables``: :func:`_step_tables` of one ``eps`` at a fixed length; ``N`` and the affine
+    scheme's index are traced: one compilation per group serves every cell of a table.
     """
-    tables = jax.tree.map(lambda x: x[0], _step_table_values(sde, eps[None], n_points,
-                                                             max_steps=max_steps))
+    tables = jax.tree.map(lambda x: x[0], tables)
 
     def per_chunk(args):
         lam, weights = args
@@ -117,6 +117,22 @@ def _w2_cell(lam, weights, eps, n_points, affine_index, sde, *, group, max_steps
         return _squared_error(v[0], lam, weights)
 
     return _sum_over_chunks(lam, weights, per_chunk, chunk)
+
+
+_CELL_JOBS: dict[tuple, dict[str, Background]] = {}
+_CELL_LOCK = threading.Lock()
+
+
+def _cell_programs(args, first: str, key: tuple) -> dict[str, Background]:
+    """The compilations of :func:`_w2_cell` for every group, started at the first call for a
+    spectrum size: ``first`` (the caller's group) first, the others in the background while
+    the caller computes (a cell-by-cell loop over the schemes needs them next)."""
+    with _CELL_LOCK:
+        if key not in _CELL_JOBS:
+            groups = [first] + [g for g in dict.fromkeys(CELL_GROUPS.values()) if g != first]
+            _CELL_JOBS[key] = {g: Background(lambda g=g: _w2_cell.lower(*args, group=g).compile())
+                               for g in groups}
+        return _CELL_JOBS[key]
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,9 +200,13 @@ def w2_to_data(lam: Float[ArrayLike, " d"], scheme: str, *, n_points: int, eps: 
     values, weights = _unique(lam)
     group = CELL_GROUPS[scheme]
     index = AFFINE_SCHEMES.index(scheme) if group == "affine" else 0
-    out = _w2_cell(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(float(eps)),
-                   jnp.asarray(n_points), jnp.asarray(index), sde, group=group,
-                   max_steps=max(CELL_STEPS, _max_steps(n_points)))
+    max_steps = max(CELL_STEPS, _max_steps(n_points))
+    n = jnp.asarray(n_points)
+    args = (jnp.asarray(values), jnp.asarray(weights),
+            _step_tables(sde, jnp.asarray([float(eps)]), n, max_steps=max_steps), n,
+            jnp.asarray(index), sde)
+    _cell_programs(args, group, (values.size, max_steps, sde))[group].result()
+    out = _w2_cell(*args, group=group)
     return float(np.asarray(out)[STARTS.index(start)])
 
 

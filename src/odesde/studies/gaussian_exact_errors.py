@@ -4,12 +4,16 @@
 :mod:`odesde.spectra`; this study holds what it compares against, transcribed from the digest
 ``shared/papers/pierret_galerne.md``: the pre-ICML CIFAR-10 table and the float64 anchors,
 matched to half a unit of their last printed digit (:mod:`odesde.utils.printed`). They are
-targets for checks only, never results.
+targets for checks only, never results. :func:`published_file` finds the published data these
+targets were computed from, and refuses to let the ``paper`` profile run without them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+from .. import spectra
 
 # --- Pierret & Galerne (arXiv:2405.14250 v4), the pre-ICML CIFAR-10 table ---------------------
 # 2024 spectrum, N = grid points, cells "p_T / N(0, I)"; the first column is the continuous
@@ -83,3 +87,56 @@ PIERRET_GALERNE_ANCHORS = {
     "ode": "0.07296",
     "initialisation": "5.467e-3",
 }
+
+
+#: The digest's CIFAR-10 anchors of Figure 1a, stated for both spectra (N(0, I) start, eps = 0):
+#: the initialisation error W2(N0, p_T), and W2 to p_0 after the exact SDE and the exact ODE.
+#: Digest Sec. 2.
+PIERRET_GALERNE_FIGURE_1A = {
+    "initialisation": "5.47e-3",
+    "sde": "6.7e-4",
+    "ode": "0.0730",
+}
+
+#: The ADSN model of fabric.png (digest Sec. 4): the trace of its spectrum, the energy of the
+#: periodic component of the centred image (Parseval), and the energy of the centred image
+#: itself, "without the periodic component".
+ADSN_FABRIC = {
+    "trace": "1805.14",
+    "trace_without_periodic_component": "1764.89",
+}
+
+
+def published_file(name: str, *, profile: str) -> Path | None:
+    """The published file of spectrum ``name`` (:data:`odesde.spectra.PUBLISHED`), if present.
+
+    The ``paper`` profile compares with the values published for these files, so there a
+    missing file is an error; the other profiles run without it (the chapter records the checks
+    it feeds as *not checked*).
+
+    Args:
+        name: a published spectrum, e.g. ``"cifar10-2024"``.
+        profile: the run's profile (``figures.run_context()["profile"]``).
+
+    Returns:
+        The file in ``$ODESDE_DATA`` or the user cache; ``None`` if it is missing (outside the
+        ``paper`` profile).
+
+    Raises:
+        FileNotFoundError: in the ``paper`` profile, when the file is missing; the message names
+            the file, the folders searched and ``ODESDE_DATA``.
+    """
+    if name not in spectra.PUBLISHED:
+        raise ValueError(f"name={name!r} is not a published spectrum: allowed are "
+                         f"{tuple(spectra.PUBLISHED)}")
+    filename = spectra.PUBLISHED[name][0]
+    path = spectra.find(filename)
+    if path is None and profile == "paper":
+        searched = ", ".join(str(d) for d in spectra.search_dirs())
+        raise FileNotFoundError(
+            f"{filename} is missing (searched: {searched}): the paper profile compares with the "
+            f"values published for this file and does not run without it. Set ODESDE_DATA to "
+            f"the folder that holds {filename} (the book's reference data, e.g. "
+            f"ODESDE_DATA=../shared/data), or run another profile, which lists the checks that "
+            f"need it as not checked.")
+    return path

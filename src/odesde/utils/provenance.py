@@ -103,15 +103,25 @@ def tree_sha256(folder: Path) -> str:
         if "__pycache__" in relative.parts or path.suffix == ".pyc":
             continue
         digest.update(relative.as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(_file_sha256(path))
     return digest.hexdigest()
 
 
+def _file_sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
 def files_fingerprint(folders) -> str:
-    """sha256 of the names and sizes of the files under ``folders`` (missing folders count too).
+    """sha256 of the names and contents of the files under ``folders`` (missing folders count
+    too).
 
     Notebooks read reference data when it is present and say so when it is not: the data a
-    run could see is part of what it computed.
+    run could see is part of what it computed. Contents, not sizes: a file replaced by another
+    of the same size changes the fingerprint.
     """
     digest = hashlib.sha256()
     for index, folder in enumerate(folders):
@@ -119,7 +129,8 @@ def files_fingerprint(folders) -> str:
         digest.update(f"{index}:{folder.is_dir()}\0".encode())
         if folder.is_dir():
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\0".encode())
+                digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
+                digest.update(_file_sha256(path))
     return digest.hexdigest()
 
 

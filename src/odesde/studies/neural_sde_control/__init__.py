@@ -14,7 +14,8 @@ parameters, calls these functions, draws and checks.
 - :func:`e1_sweep`: the score perturbation ``c_k(t) sin(k x)`` of fixed ``L2(p_t)`` size.
 - :func:`e2_dsm`: DSM-trained scores per seed, terminal errors against the weighted score error.
 - :func:`e3_controls`: width-``d`` piecewise-constant controls (``d`` = 1, 2) against a wide
-  baseline, the seeds trained as one stack (:class:`SeedSum`).
+  baseline, the seeds trained as one stack (:class:`SeedSum`); :func:`decreases` R3's reading of
+  a decrease in K.
 - :func:`e4_tradeoff`: the disconnected-support budgets (descriptive).
 - :func:`solver_convergence`, :func:`w2_against_pot`: checks of the solver and the metrics.
 - :func:`ode_particles_with_density`, :func:`particle_l2`, :func:`particle_w2`: the ODE's L2 and
@@ -45,7 +46,7 @@ from .e0 import (
 )
 from .e1 import e1_sweep, loglog_slope
 from .e2 import LogTimeDSM, e2_dsm, e2_summary
-from .e3 import SeedSum, e3_controls, stack_controls, unstack
+from .e3 import SeedSum, decreases, e3_controls, stack_controls, unstack
 from .e4 import e4_tradeoff
 from .particles import (
     QUANTILE_CELLS,
@@ -112,6 +113,7 @@ __all__ = [
     "stack_controls",
     "unstack",
     "e3_controls",
+    "decreases",
     "e4_tradeoff",
     "solver_convergence",
     "w2_against_pot",

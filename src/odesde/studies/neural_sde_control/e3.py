@@ -200,3 +200,20 @@ def e3_controls(setup: Setup, *, intervals, key: PRNGKeyArray, adam_steps: int,
         initial_w2=float(grid.w2(reference[0], reference[-1], coarsen=_emd_coarsen(grid))),
     )
     return out
+
+
+def decreases(values, slack: float) -> bool:
+    """R3's reading of "the tracking error decreases as K grows" (registry ``r3-sde-decreasing``):
+    each value at most ``slack`` times the previous one (training noise at a fixed budget), and
+    the last strictly below the first.
+
+    Args:
+        values: errors in the order of increasing K, at least two.
+        slack: the registered factor (>= 1).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError(f"decreases: need a 1-D sequence of at least 2 values, got shape {v.shape}")
+    if not slack >= 1.0:
+        raise ValueError(f"decreases: slack must be >= 1, got {slack}")
+    return bool(np.all(v[1:] <= slack * v[:-1]) and v[-1] < v[0])
