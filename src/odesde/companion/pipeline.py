@@ -28,7 +28,7 @@ import nbformat
 import yaml
 
 from ..utils import provenance
-from ..utils.files import atomic_path, write_json_atomic
+from ..utils.files import atomic_path, sha256, write_json_atomic
 from . import figures, params
 
 PROFILES = ("smoke", "quick", "paper")
@@ -213,7 +213,7 @@ def plan(
 
 
 def _file_fingerprint(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return sha256(path) if path.is_file() else "missing"
 
 
 CELL_TIMEOUT = 7200.0

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from . import files
+
 #: The packages whose versions are recorded beside every figure.
 RECORDED_PACKAGES = (
     "odesde", "jax", "jaxlib", "numpy", "scipy", "numpyro", "equinox", "diffrax", "optax",
@@ -103,16 +105,8 @@ def tree_sha256(folder: Path) -> str:
         if "__pycache__" in relative.parts or path.suffix == ".pyc":
             continue
         digest.update(relative.as_posix().encode() + b"\0")
-        digest.update(_file_sha256(path))
+        digest.update(bytes.fromhex(files.sha256(path)))
     return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
 
 
 def files_fingerprint(folders) -> str:
@@ -130,7 +124,7 @@ def files_fingerprint(folders) -> str:
         if folder.is_dir():
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
                 digest.update(f"{path.relative_to(folder).as_posix()}\0".encode())
-                digest.update(_file_sha256(path))
+                digest.update(bytes.fromhex(files.sha256(path)))
     return digest.hexdigest()
 
 
